@@ -1,0 +1,1 @@
+"""Backbones that host the attention modules; importing this package registers them."""

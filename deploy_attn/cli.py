@@ -1,0 +1,109 @@
+"""``deploy-attn``: thin subcommands that parse, call a stage, and print."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DeployAttnError
+
+
+def _progress(msg: str) -> None:
+    print(f"  - {msg}", file=sys.stderr, flush=True)
+
+
+def _table(rows: list[dict], columns: Sequence[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .zoo import zoo_rows
+
+    rows = zoo_rows(args.pattern, costs=not args.no_costs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["name", "kind", "paper", "default_input", "exact_rewrites", "approximate_rewrites"]
+    if not args.no_costs and any(r["kind"] == "backbone" for r in rows):
+        cols += ["params_m", "gmacs"]
+    print(_table([{**r, "default_input": "x".join(map(str, r["default_input"])),
+                   "exact_rewrites": ",".join(r["exact_rewrites"]) or "-",
+                   "approximate_rewrites": ",".join(r["approximate_rewrites"]) or "-"}
+                  for r in rows], cols))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .pipeline.job import ExportConfig, export_job
+
+    cfg = ExportConfig(name=args.name, out_dir=args.output, channels=args.channels,
+                       input_size=tuple(args.input_size) if args.input_size else None,
+                       dynamic_batch=args.dynamic_batch, opset=args.opset,
+                       simplify=not args.no_simplify, approximate=args.approximate,
+                       weights=args.weights, seed=args.seed)
+    print(f"deploy-attn export {cfg.name} -> {cfg.directory}", file=sys.stderr)
+    result = export_job(cfg, progress=_progress)
+    rep = result.report
+    for r in rep["parity"]["fp32"]["results"]:
+        top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r["top1_agreement"] is not None else ""
+        print(f"parity fp32 batch {r['batch']}: max abs {r['max_abs']:.2e}, max rel "
+              f"{r['max_rel']:.2e}, cosine {r['cosine']:.8f}{top1}")
+    nodes = rep["nodes"]
+    rewrites = ", ".join(f"{a['source']}->{a['target']} x{a['count']}"
+                         for a in rep["rewrites"]["applied"]) or "none"
+    print(f"nodes {nodes['total_before']} -> {nodes['total_after']} after simplify; "
+          f"rewrites: {rewrites}")
+    print(f"wrote {result.model_path} and {result.report_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .pipeline.export import DEFAULT_OPSET
+
+    p = argparse.ArgumentParser(prog="deploy-attn", description=__doc__)
+    p.add_argument("--version", action="version", version=f"deploy-attn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list the zoo: attention modules and backbones")
+    ls.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'mobilenetv2_*'")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--no-costs", action="store_true", help="skip parameter / multiply-add counts")
+    ls.set_defaults(func=cmd_list)
+
+    ex = sub.add_parser("export", help="rewrite, export, simplify and check one model")
+    ex.add_argument("name", help="registry name (see 'deploy-attn list')")
+    ex.add_argument("-o", "--output", type=Path, help="output directory (default export/NAME)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
+    ex.add_argument("--channels", type=int, help="input channels (attention modules)")
+    ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    ex.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    ex.add_argument("--approximate", action="store_true",
+                    help="also apply rewrites that change numerics (the report states their error)")
+    ex.add_argument("--weights", type=Path, help="checkpoint to load (state_dict, or dict with state_dict/model)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
+    ex.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DeployAttnError as exc:
+        print(f"deploy-attn: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("deploy-attn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

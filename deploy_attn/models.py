@@ -1,0 +1,67 @@
+"""``create_model``: a registry name -> a reference module with seeded, realistic weights."""
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .registry import ModelSpec, get_spec
+
+
+def _seed_for(name: str, seed: int) -> int:
+    return (zlib.crc32(name.encode()) + seed) % (2**31)
+
+
+@torch.no_grad()
+def seeded_init(model: nn.Module, seed: int) -> None:
+    """Deterministic weights with ranges a trained network would have.
+
+    PyTorch's default init leaves BatchNorm at identity statistics and zero-initialised
+    residual scales (DANet's gamma, Shuffle Attention's weights) at zero; a parity check
+    of a branch multiplied by zero proves nothing, so such constants get seeded noise.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        flat = p.detach().flatten()
+        if flat.numel() and bool((flat == flat[0]).all()):  # constant init: 0 or 1
+            p.add_(0.25 * torch.randn(p.shape, generator=gen))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+
+
+def create_model(name: str, *, channels: int | None = None,
+                 input_size: tuple[int, int] | None = None, seed: int = 0,
+                 **kwargs: Any) -> nn.Module:
+    """The reference (paper-faithful) module for ``name``, in eval mode.
+
+    The same name, arguments and seed always give the same weights, so an exported file
+    can be checked later against a fresh ``create_model``. ``input_size`` is validated
+    against the module's constraints (e.g. SCSA's window) when given.
+    """
+    spec = get_spec(name)
+    seed = _seed_for(name, seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+        torch.manual_seed(seed)
+        model = build(spec, channels=channels, input_size=input_size, **kwargs)
+    seeded_init(model, seed)
+    return model.eval()
+
+
+def build(spec: ModelSpec, *, channels: int | None = None,
+          input_size: tuple[int, int] | None = None, **kwargs: Any) -> nn.Module:
+    """Construct ``spec``'s module (weights as PyTorch initialises them)."""
+    args = {**spec.kwargs, **kwargs}
+    if spec.kind == "attention":
+        model = spec.builder(channels or spec.channels, **args)
+    else:
+        if channels is not None:
+            args["in_channels"] = channels
+        model = spec.builder(**args)
+    check = getattr(model, "check_input", None)
+    if check is not None:
+        check(*(input_size or spec.input_size))
+    return model

@@ -1,0 +1,68 @@
+"""Stage: a (deploy) PyTorch module -> an ONNX file, checked and shape-inferred."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, DeployAttnError
+from .artifacts import atomic_path
+from .onnx_io import load_onnx
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet():
+    # The dynamo exporter prints progress lines and warnings of its own.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+    """Export ``model`` with torch.export (the dynamo exporter) and validate the file.
+
+    With a dynamic batch the example input has batch 2: torch.export specialises sizes
+    0 and 1, so a batch-1 example would bake the batch in.
+    """
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset} is too old; deploy-attn exports opset >= {MIN_OPSET}")
+    shape = tuple(input_shape)
+    if dynamic_batch:
+        shape = (max(2, shape[0]),) + shape[1:]
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    kwargs: dict = {}
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    path = Path(path)
+    with atomic_path(path) as tmp, _quiet(), torch.no_grad():
+        try:
+            torch.onnx.export(model.eval(), (example,), str(tmp), input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
+                              external_data=False, **kwargs)
+        except DeployAttnError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DeployAttnError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+        proto = load_onnx(tmp)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.save(proto, str(tmp))
+    return path

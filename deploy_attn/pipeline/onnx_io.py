@@ -1,0 +1,61 @@
+"""Loading and inspecting ONNX files with errors a user can act on."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import onnx
+
+from ..errors import ArtifactError
+
+
+def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
+    """Load and validate an ONNX file; a missing, corrupt or foreign file is an ArtifactError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning or OSError
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise ArtifactError(f"{path}: not an ONNX model (no graph nodes)")
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"{path}: invalid ONNX model: {first}") from None
+    return model
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Node counts by op type, most frequent first."""
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+SHAPE_OPS = ("Shape", "ConstantOfShape", "Size")
+
+
+def shape_ops(model: onnx.ModelProto) -> list[str]:
+    """Nodes that compute shapes at run time (Shape/Size/ConstantOfShape and Gather or
+    Slice fed by them, or Slice with non-constant bounds): what a deploy graph must not have."""
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    shape_values: set[str] = set()
+    found = []
+    for n in model.graph.node:
+        fed_by_shape = any(i in shape_values for i in n.input)
+        if n.op_type in SHAPE_OPS or (fed_by_shape and n.op_type in ("Gather", "Slice", "Concat",
+                                                                      "Unsqueeze", "Squeeze")):
+            found.append(f"{n.op_type}:{n.name}")
+            shape_values.update(n.output)
+        elif n.op_type == "Slice" and any(i and i not in consts for i in n.input[1:]):
+            found.append(f"{n.op_type}:{n.name}")
+    return found
+
+
+def input_shape(model: onnx.ModelProto) -> list[int | str]:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else d.dim_value for d in dims]

@@ -1,0 +1,103 @@
+"""Stage: numerical parity of an ONNX artifact against the reference PyTorch model."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import ArtifactError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass when every element satisfies |test - ref| <= atol + rtol * |ref| (np.allclose)."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
+FP32 = Tolerance()
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    batch: int
+    max_abs: float
+    max_rel: float  # |test - ref| / (|ref| + atol): bounded where ref crosses zero
+    cosine: float
+    finite: bool
+    ok: bool
+    top1_agreement: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seeded_inputs(shape: Sequence[int], seed: int = 1234) -> np.ndarray:
+    """The inputs every check uses: standard normal, seeded, float32."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=gen).numpy()
+
+
+def compare(test: np.ndarray, ref: np.ndarray, tol: Tolerance = FP32,
+            classifier: bool = False) -> ParityResult:
+    """Error figures of ``test`` against ``ref`` and whether they are within ``tol``."""
+    test = np.asarray(test, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if test.shape != ref.shape:
+        raise ArtifactError(f"output shape {test.shape} differs from the reference {ref.shape}")
+    finite = bool(np.isfinite(test).all())
+    diff = np.abs(test - ref)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / (np.abs(ref) + tol.atol)).max()) if diff.size else 0.0
+    a, b = test.ravel(), ref.ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    cosine = float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+    ok = finite and bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref)))
+    top1 = None
+    if classifier and ref.ndim == 2:
+        top1 = float((test.argmax(1) == ref.argmax(1)).mean())
+    return ParityResult(ref.shape[0], max_abs, max_rel, cosine, finite, ok, top1)
+
+
+def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session; a file ORT cannot load is an ArtifactError."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+
+
+def ort_outputs(session, x: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x})[0]
+
+
+def check_onnx(path: str | Path, reference: nn.Module, shapes: Sequence[Sequence[int]],
+               tol: Tolerance = FP32, classifier: bool = False,
+               seed: int = 1234) -> list[ParityResult]:
+    """Run the ONNX file and the reference on the same seeded inputs, one result per shape."""
+    session = ort_session(path)
+    results = []
+    for shape in shapes:
+        x = seeded_inputs(shape, seed)
+        results.append(compare(ort_outputs(session, x), torch_outputs(reference, x), tol,
+                               classifier))
+    return results

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import deploy_attn
+from deploy_attn.pipeline.job import ExportConfig, export_job
+
+ATTENTION_NAMES = deploy_attn.list_models(kind="attention")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory):
+    """Exports shared by the tests of one session: (name, dynamic_batch) -> ExportResult."""
+    root = tmp_path_factory.mktemp("exports")
+    cache: dict = {}
+
+    def get(name: str, dynamic_batch: bool = False, **kwargs):
+        key = (name, dynamic_batch, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            out = root / f"{name}-{'dyn' if dynamic_batch else 'static'}-{len(cache)}"
+            cache[key] = export_job(ExportConfig(name=name, out_dir=out,
+                                                 dynamic_batch=dynamic_batch, **kwargs))
+        return cache[key]
+
+    return get

@@ -1,0 +1,99 @@
+"""The command line: tables, one-line errors, atomic artifacts."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from deploy_attn import cli
+from deploy_attn.errors import ParityError
+from deploy_attn.pipeline import job
+from deploy_attn.pipeline.artifacts import atomic_path
+from deploy_attn.pipeline.parity import ParityResult
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_table_and_json(capsys):
+    code, out, _ = run_cli(capsys, "list", "--no-costs")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["name", "kind", "paper"]
+    assert any(line.startswith("ca ") and "Hardswish" in line for line in out.splitlines())
+    code, out, _ = run_cli(capsys, "list", "--json", "c*")
+    rows = json.loads(out)
+    assert {r["name"] for r in rows} >= {"ca", "cam", "cbam", "cpca"}
+    assert all(r["name"].startswith("c") for r in rows)
+    assert all("params" in r and r["macs"] > 0 for r in rows)
+
+
+def test_console_script_unknown_name_is_one_line():
+    exe = shutil.which("deploy-attn")
+    cmd = [exe] if exe else [sys.executable, "-m", "deploy_attn.cli"]
+    proc = subprocess.run(cmd + ["export", "mobilenetv2_caa", "--no-simplify"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("deploy-attn: error: unknown model"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "did you mean" in lines[-1]
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["export", "scsa", "--input-size", "4", "32"], "window"),
+    (["export", "sa", "--channels", "30"], "divisible"),
+    (["export", "se", "--opset", "13"], "opset"),
+    (["export", "cbma"], "did you mean cbam"),
+])
+def test_bad_input_exits_with_one_line(capsys, tmp_path, argv, match):
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "out"))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("deploy-attn: error:") and match in last, err
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_export_writes_model_and_report(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--dynamic-batch")
+    assert code == 0, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "ok" and report["dynamic_axes"]
+    assert (tmp_path / "model.onnx").is_file()
+    assert "parity fp32 batch 4" in out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_parity_failure_leaves_no_model(monkeypatch, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"stale model from an earlier run")
+    bad = ParityResult(1, 0.5, 0.5, 0.9, True, False)
+    monkeypatch.setattr(job, "check_onnx", lambda *a, **k: [bad])
+    with pytest.raises(ParityError, match="se: ONNX Runtime FP32 output differs"):
+        job.export_job(job.ExportConfig(name="se", out_dir=tmp_path))
+    assert not (tmp_path / "model.onnx").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "parity_failed"
+
+
+def test_interrupted_export_leaves_nothing_that_looks_valid(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "simplify_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        job.export_job(job.ExportConfig(name="se", out_dir=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]

@@ -1,0 +1,50 @@
+"""Export every attention module, static and dynamic batch: graph rules and ORT parity."""
+import onnx
+import pytest
+
+from deploy_attn.pipeline.onnx_io import input_shape, shape_ops
+
+from .conftest import ATTENTION_NAMES
+
+HARD_OPS = {"Hardsigmoid": "HardSigmoid", "Hardswish": "HardSwish"}
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+def test_export_graph_and_parity(export_cache, name, dynamic):
+    result = export_cache(name, dynamic)
+    report = result.report
+    model = onnx.load(str(result.model_path))
+    ops = {n.op_type for n in model.graph.node}
+
+    parity = report["parity"]["fp32"]
+    errs = [(r["batch"], r["max_abs"], r["max_rel"]) for r in parity["results"]]
+    assert parity["ok"], f"{name}: FP32 parity failed (batch, max abs, max rel): {errs}"
+    assert [r["batch"] for r in parity["results"]] == ([1, 4] if dynamic else [1])
+    assert report["status"] == "ok"
+    assert report["opset"] >= 17
+    assert "Multinomial" not in ops
+    assert shape_ops(model) == [], f"{name}: run-time shape arithmetic in the deploy graph"
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    assert max(len(v.type.tensor_type.shape.dim) for v in inferred) <= 4, f"{name}: 5-D tensors"
+    batch_dim = input_shape(model)[0]
+    assert (isinstance(batch_dim, str) if dynamic else batch_dim == 1), batch_dim
+
+    # Modules with hard activations get single HardSigmoid / HardSwish ops, never Clip+Div.
+    targets = {a["target"] for a in report["rewrites"]["applied"]}
+    for module_name, op in HARD_OPS.items():
+        if module_name in targets:
+            assert op in ops, f"{name}: {op} missing"
+    if targets & set(HARD_OPS):
+        assert "Div" not in ops or "Clip" not in ops
+
+    counts = report["nodes"]
+    assert counts["total_after"] <= counts["total_before"]
+    assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(report["versions"])
+
+
+def test_coordinate_attention_uses_hardswish_and_reducemean(export_cache):
+    model = onnx.load(str(export_cache("ca", True).model_path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("HardSwish") == 1 and ops.count("ReduceMean") == 2
+    assert "Clip" not in ops and "Div" not in ops
