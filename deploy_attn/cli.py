@@ -25,14 +25,14 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     from .zoo import zoo_rows
 
-    rows = zoo_rows(args.pattern, costs=not args.no_costs)
+    rows = zoo_rows(args.pattern, progress=_progress)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     cols = ["name", "kind", "paper", "default_input", "exact_rewrites", "approximate_rewrites"]
-    if not args.no_costs and any(r["kind"] == "backbone" for r in rows):
-        cols += ["params_m", "gmacs"]
-    print(_table([{**r, "default_input": "x".join(map(str, r["default_input"])),
+    cols += ["params_m", "gmacs"]
+    print(_table([{**r, "paper": r["paper"] if len(r["paper"]) <= 44 else r["paper"][:43] + "…",
+                   "default_input": "x".join(map(str, r["default_input"])),
                    "exact_rewrites": ",".join(r["exact_rewrites"]) or "-",
                    "approximate_rewrites": ",".join(r["approximate_rewrites"]) or "-"}
                   for r in rows], cols))
@@ -41,6 +41,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline.job import ExportConfig, export_job
+    from .registry import get_spec
+
+    get_spec(args.name)  # an unknown name fails before anything is printed
 
     cfg = ExportConfig(name=args.name, out_dir=args.output, channels=args.channels,
                        input_size=tuple(args.input_size) if args.input_size else None,
@@ -63,6 +66,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_all(args: argparse.Namespace) -> int:
+    from . import list_models
+    from .pipeline.job import ExportConfig, export_job
+
+    names = list_models(args.pattern)
+    if not names:
+        raise DeployAttnError(f"no registered model matches '{args.pattern}'")
+    rows, failed = [], 0
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name}", file=sys.stderr, flush=True)
+        row = {"name": name}
+        try:
+            rep = export_job(ExportConfig(name=name, out_dir=args.root / name,
+                                          dynamic_batch=args.dynamic_batch)).report
+            worst = max(rep["parity"]["fp32"]["results"], key=lambda r: r["max_abs"])
+            row.update(status="ok", max_abs=f"{worst['max_abs']:.1e}",
+                       cosine=f"{worst['cosine']:.6f}", nodes=rep["nodes"]["total_after"])
+        except DeployAttnError as exc:
+            failed += 1
+            row.update(status="FAILED", error=str(exc)[:80])
+        rows.append(row)
+    print(_table(rows, ["name", "status", "max_abs", "cosine", "nodes", "error"]))
+    print(f"{len(names) - failed} exported, {failed} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
@@ -74,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the zoo: attention modules and backbones")
     ls.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'mobilenetv2_*'")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.add_argument("--no-costs", action="store_true", help="skip parameter / multiply-add counts")
     ls.set_defaults(func=cmd_list)
 
     ex = sub.add_parser("export", help="rewrite, export, simplify and check one model")
@@ -90,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--weights", type=Path, help="checkpoint to load (state_dict, or dict with state_dict/model)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.set_defaults(func=cmd_export)
+
+    ea = sub.add_parser("export-all", help="export and check every registered model (or a pattern)")
+    ea.add_argument("pattern", nargs="?", default="*", help="shell-style filter")
+    ea.add_argument("--root", type=Path, default=Path("export"), help="output root (default export/)")
+    ea.add_argument("--dynamic-batch", action="store_true")
+    ea.set_defaults(func=cmd_export_all)
     return p
 
 

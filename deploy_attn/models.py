@@ -48,7 +48,44 @@ def create_model(name: str, *, channels: int | None = None,
         torch.manual_seed(seed)
         model = build(spec, channels=channels, input_size=input_size, **kwargs)
     seeded_init(model, seed)
+    if spec.kind == "backbone":
+        recalibrate_bn(model, spec.input_shape(8, channels, input_size), seed)
     return model.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4) -> None:
+    """Re-estimate BatchNorm statistics on seeded random batches, so a network with
+    generated weights has activations in realistic ranges instead of vanishing or
+    exploding through depth (parity on such a network would prove nothing)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    model.train()
+    calib = [torch.randn(shape, generator=gen) for _ in range(batches)]
+    for x in calib:
+        model(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if head:
+        _standardize_logits(model, head[-1], calib)
+
+
+@torch.no_grad()
+def _standardize_logits(model: nn.Module, head: nn.Linear, calib: list[torch.Tensor]) -> None:
+    """Fold a per-class standardisation of the logits into the classifier, so that with
+    generated weights the top-1 class depends on the input (as in a trained network)
+    instead of being fixed by the biases; top-1 agreement then means something."""
+    logits = torch.cat([model(x) for x in calib])
+    mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
+    head.weight.div_(std[:, None])
+    head.bias.sub_(mean).div_(std)
 
 
 def build(spec: ModelSpec, *, channels: int | None = None,

@@ -110,10 +110,11 @@ def _swap(module: nn.Module, approximate: bool, path: str,
           applied: list[AppliedRewrite]) -> nn.Module:
     rule = REWRITES.get(type(module))
     if rule is not None and (rule.exact or approximate):
+        source = type(module).__name__  # before convert: twins re-class in place
         new = rule.convert(module)
         if new is not None:
-            applied.append(AppliedRewrite(path or "<root>", type(module).__name__,
-                                          type(new).__name__, rule.exact, rule.note))
+            applied.append(AppliedRewrite(path or "<root>", source, type(new).__name__,
+                                          rule.exact, rule.note))
             module = new
     for name, child in list(module.named_children()):
         new_child = _swap(child, approximate, f"{path}.{name}" if path else name, applied)

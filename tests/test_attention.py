@@ -65,7 +65,7 @@ def test_approximate_rewrites_only_on_request():
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
-    ("sa", dict(channels=48, groups=8), "divisible"),
+    ("sa", dict(channels=40, groups=8), "divisible"),
     ("ema", dict(channels=60), "divisible"),
     ("emax", dict(channels=60), "divisible"),
     ("scsa", dict(channels=66), "divisible by 4"),

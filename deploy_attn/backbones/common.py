@@ -1,0 +1,79 @@
+"""Shared backbone plumbing: attention by registry name, and registering every
+``{backbone}_{attention}`` combination whose constraints the backbone's widths satisfy."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..registry import ATTENTION, BACKBONES
+
+# Modules whose cost is quadratic in H*W (an HW x HW attention map): placed only where a
+# backbone's feature map is small (the UNet bridge), not in every block.
+GLOBAL_ATTENTION = frozenset({"pam", "danet", "nonlocal", "mhsa"})
+
+Sites = Sequence[tuple[int, tuple[int, int]]]  # (channels, (h, w)) where attention sits
+
+
+def make_attention(name: str | None, channels: int) -> nn.Module:
+    """The attention module ``name`` (registry defaults) for ``channels``; Identity if None."""
+    if name is None:
+        return nn.Identity()
+    from ..models import build
+
+    return build(ATTENTION.get(name), channels=channels)
+
+
+def fits(attn: str, sites: Sites) -> bool:
+    """Whether ``attn`` can be built at every site (channels and input size)."""
+    from ..models import build
+
+    spec = ATTENTION.get(attn)
+    with torch.random.fork_rng(devices=[]):
+        for channels, size in dict.fromkeys(sites):
+            try:
+                build(spec, channels=channels, input_size=size)
+            except ConfigError:
+                return False
+    return True
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module], *, sites: Sites,
+                      paper: str, url: str = "", input_size: tuple[int, int] = (224, 224),
+                      channels: int = 3, num_classes: int | None = 1000,
+                      global_sites: Sites | None = None, **kwargs: Any) -> list[str]:
+    """Register ``name`` (no attention) and ``name_<attn>`` for each attention module that
+    fits ``sites``; modules in GLOBAL_ATTENTION only where the backbone gives them
+    ``global_sites`` (small maps). Returns the registered names."""
+    from .. import attention as _zoo  # noqa: F401  (fills ATTENTION)
+
+    common = dict(paper=paper, url=url, input_size=input_size, channels=channels,
+                  num_classes=num_classes)
+    BACKBONES.register(name, builder, kwargs={**kwargs, "attn": None}, **common)
+    names = [name]
+    for attn in ATTENTION.names():
+        where = global_sites if attn in GLOBAL_ATTENTION else sites
+        if where is not None and fits(attn, where):
+            full = f"{name}_{attn}"
+            BACKBONES.register(full, builder, kwargs={**kwargs, "attn": attn}, **common)
+            names.append(full)
+    return names
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He init for convs, unit BN, small normal for classifiers (torchvision's scheme)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+

@@ -1,0 +1,115 @@
+"""Backbones: paper parameter counts, attention placement, realistic numerics, export."""
+import onnx
+import pytest
+import torch
+
+import deploy_attn
+from deploy_attn.models import build
+from deploy_attn.pipeline.onnx_io import shape_ops
+from deploy_attn.registry import get_spec
+from deploy_attn.zoo import count_costs
+
+BACKBONES = deploy_attn.list_models(kind="backbone")
+
+
+def n_params(name: str) -> int:
+    return sum(p.numel() for p in build(get_spec(name)).parameters())
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mobilenetv2", 3_504_872),     # torchvision / the CA paper's code: 3.50M
+    ("mobilenetv2_ca", 3_950_648),  # houqb/CoordAttention mbv2_ca.py: the paper's 3.95M
+    ("resnet50", 25_557_032),
+    ("resnet50_se", 28_088_024),    # SENet paper: SE-ResNet-50 28.09M
+    ("resnet18", 11_689_512),
+])
+def test_parameter_counts_match_the_papers(name, expected):
+    assert n_params(name) == expected
+
+
+def test_mobilenetv2_attention_placement():
+    from deploy_attn.attention.coord import CoordAtt
+    from deploy_attn.backbones.mobilenetv2 import InvertedResidual
+
+    model = build(get_spec("mobilenetv2_ca"))
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    with_ca = [b for b in blocks if any(isinstance(m, CoordAtt) for m in b.modules())]
+    assert len(blocks) == 17 and len(with_ca) == 16 and blocks[0] not in with_ca
+    for b in with_ca:  # after depthwise conv + BN + ReLU6, before the linear projection
+        layers = list(b.conv)
+        i = next(i for i, m in enumerate(layers) if isinstance(m, CoordAtt))
+        dw = layers[i - 1][0]
+        assert dw.groups == dw.in_channels > 1 and isinstance(layers[i + 1], torch.nn.Conv2d)
+    ca = with_ca[0].conv[2]
+    assert ca.conv1.out_channels == max(8, ca.conv1.in_channels // 32)
+
+
+def test_resnet_attention_sits_before_the_add():
+    model = build(get_spec("resnet18_cbam"))
+    block = model.layer1[0]
+    calls = []
+    for n in ("bn2", "attn", "relu"):
+        getattr(block, n).register_forward_hook(lambda m, i, o, n=n: calls.append(n))
+    model(torch.randn(1, 3, 64, 64))
+    assert calls[:4] == ["relu", "bn2", "attn", "relu"]  # relu(bn1), bn2, attention, relu(add)
+
+
+def test_unet_global_attention_only_at_the_bridge():
+    model = build(get_spec("unet_pam"))
+    from deploy_attn.attention.danet import PositionAttention as PAM
+    pams = [n for n, m in model.named_modules() if isinstance(m, PAM)]
+    assert pams and all(n.startswith("bridge") for n in pams)
+    y = model(torch.randn(1, 1, 64, 96))
+    assert y.shape == (1, 2, 64, 96)
+
+
+def test_combinations_that_cannot_work_are_not_registered():
+    # SK's 32-group convs cannot take MobileNetV2's 144-channel blocks.
+    assert "mobilenetv2_sk" not in BACKBONES
+    assert "mobilenetv2_ca" in BACKBONES and "resnet18_cbam" in BACKBONES
+    assert "unet_cbam" in BACKBONES and "resnet50_se" in BACKBONES
+
+
+def test_mobilenetv2_costs_are_counted():
+    costs = count_costs(build(get_spec("mobilenetv2")), (1, 3, 224, 224))
+    assert 290e6 < costs["macs"] < 320e6  # MobileNetV2 1.0: ~300M multiply-adds
+    ca = count_costs(build(get_spec("mobilenetv2_ca")), (1, 3, 224, 224))
+    assert 1.0 < ca["macs"] / costs["macs"] < 1.06  # CA paper: a few percent more
+
+
+def test_bn_recalibration_gives_realistic_activations():
+    model = deploy_attn.create_model("mobilenetv2_ca")
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    feats = model.features(x)
+    assert torch.isfinite(feats).all()
+    assert 0.05 < feats.std().item() < 20, feats.std().item()
+    logits = model(x)
+    assert logits.argmax(1).unique().numel() > 1, "logits must depend on the input"
+
+
+@pytest.mark.parametrize("name,dynamic", [
+    ("mobilenetv2_ca", False), ("mobilenetv2_ca", True), ("resnet18_cbam", False),
+    ("unet_ca", False),
+])
+def test_representative_backbone_exports(export_cache, name, dynamic):
+    _check_export(export_cache(name, dynamic), name, dynamic)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_exports(export_cache, name, dynamic):
+    _check_export(export_cache(name, dynamic), name, dynamic)
+
+
+def _check_export(result, name, dynamic):
+    report = result.report
+    parity = report["parity"]["fp32"]
+    assert parity["ok"], f"{name}: {parity['results']}"
+    model = onnx.load(str(result.model_path))
+    assert shape_ops(model) == []
+    if get_spec(name).num_classes:
+        assert all(r["top1_agreement"] == 1.0 for r in parity["results"])
+    if name.endswith("_ca"):
+        ops = {n.op_type for n in model.graph.node}
+        assert "HardSwish" in ops and "Div" not in ops
