@@ -49,7 +49,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                        input_size=tuple(args.input_size) if args.input_size else None,
                        dynamic_batch=args.dynamic_batch, opset=args.opset,
                        simplify=not args.no_simplify, approximate=args.approximate,
-                       weights=args.weights, seed=args.seed)
+                       weights=args.weights, seed=args.seed,
+                       precisions=tuple(args.precision), calib_dir=args.calib_dir,
+                       calib_count=args.calib_count, calib_method=args.calib_method,
+                       exclude=tuple(args.exclude), sensitivity=args.sensitivity,
+                       fp16_threshold=args.fp16_threshold)
     print(f"deploy-attn export {cfg.name} -> {cfg.directory}", file=sys.stderr)
     result = export_job(cfg, progress=_progress)
     rep = result.report
@@ -62,8 +66,24 @@ def cmd_export(args: argparse.Namespace) -> int:
                          for a in rep["rewrites"]["applied"]) or "none"
     print(f"nodes {nodes['total_before']} -> {nodes['total_after']} after simplify; "
           f"rewrites: {rewrites}")
-    print(f"wrote {result.model_path} and {result.report_path}")
+    for precision, entry in rep.get("precisions", {}).items():
+        r = entry["results"][0]
+        top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r["top1_agreement"] is not None else ""
+        extra = (f"{len(entry['fp32_kept_nodes'])} nodes kept FP32" if precision == "fp16" else
+                 f"{entry['quantized_nodes']} nodes quantized ({entry['method']}), "
+                 f"{len(entry['excluded_nodes'])} excluded")
+        print(f"parity {precision} ({r['batch']} inputs): cosine {r['cosine']:.6f}, max abs "
+              f"{r['max_abs']:.2e}{top1}; {extra}")
+    for precision, check in rep.get("trt_check", {}).items():
+        if not check["ok"]:
+            print(f"warning: {precision}: {check['summary']}", file=sys.stderr)
+    files = ", ".join(str(result.model_path.parent / f) for f in rep["files"].values())
+    print(f"wrote {files} and {result.report_path}")
     return 0
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def cmd_export_all(args: argparse.Namespace) -> int:
@@ -117,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also apply rewrites that change numerics (the report states their error)")
     ex.add_argument("--weights", type=Path, help="checkpoint to load (state_dict, or dict with state_dict/model)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
+    ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
+                    help="also write FP16 / INT8 artifacts: fp16, int8 or fp16,int8")
+    ex.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png); default: a "
+                    "seeded generated set, labelled as such in the report")
+    ex.add_argument("--calib-count", type=int, default=32, help="calibration inputs (default 32)")
+    ex.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ex.add_argument("--exclude", type=_csv, default=[], metavar="NODES|auto",
+                    help="INT8 nodes to keep FP32, or 'auto' (most sensitive first, until the "
+                         "INT8 threshold is met)")
+    ex.add_argument("--sensitivity", action="store_true",
+                    help="report per-layer INT8 sensitivity (one quantization per layer)")
+    ex.add_argument("--fp16-threshold", type=float, default=512.0,
+                    help="keep a node FP32 when its activations exceed this (default 512, AutoCast's)")
     ex.set_defaults(func=cmd_export)
 
     ea = sub.add_parser("export-all", help="export and check every registered model (or a pattern)")

@@ -25,8 +25,9 @@ def seeded_init(model: nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         flat = p.detach().flatten()
-        if flat.numel() and bool((flat == flat[0]).all()):  # constant init: 0 or 1
-            p.add_(0.25 * torch.randn(p.shape, generator=gen))
+        if flat.numel() and bool((flat == flat[0]).all()):  # constant init (0, 1, a scale)
+            noise = 0.25 * torch.randn(p.shape, generator=gen)
+            p.add_(noise if flat[0] == 0 else p * noise)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
@@ -79,13 +80,16 @@ def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches:
 
 @torch.no_grad()
 def _standardize_logits(model: nn.Module, head: nn.Linear, calib: list[torch.Tensor]) -> None:
-    """Fold a per-class standardisation of the logits into the classifier, so that with
-    generated weights the top-1 class depends on the input (as in a trained network)
-    instead of being fixed by the biases; top-1 agreement then means something."""
+    """Centre each class's logit over the calibration batches and scale all logits to unit
+    spread, folded into the classifier: with generated weights the top-1 class then
+    depends on the input (as in a trained network) instead of being fixed by the biases,
+    so top-1 agreement means something. One global scale, not one per class: a per-class
+    division would magnify rounding error in classes the input barely moves."""
     logits = torch.cat([model(x) for x in calib])
-    mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
-    head.weight.div_(std[:, None])
-    head.bias.sub_(mean).div_(std)
+    mean = logits.mean(0)
+    scale = (logits - mean).std().clamp_min(1e-6)
+    head.weight.div_(scale)
+    head.bias.sub_(mean).div_(scale)
 
 
 def build(spec: ModelSpec, *, channels: int | None = None,

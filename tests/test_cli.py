@@ -80,7 +80,7 @@ def test_parity_failure_leaves_no_model(monkeypatch, tmp_path):
         job.export_job(job.ExportConfig(name="se", out_dir=tmp_path))
     assert not (tmp_path / "model.onnx").exists()
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["status"] == "parity_failed"
+    assert report["status"] == "failed"
 
 
 def test_interrupted_export_leaves_nothing_that_looks_valid(monkeypatch, tmp_path):

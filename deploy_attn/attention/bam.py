@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ConvBNAct, create_act, require
+from ..layers import ConvBNAct, create_act, reduced_width
 from ..registry import ATTENTION
 
 
@@ -30,8 +30,7 @@ class BAM(nn.Module):
                  num_dilated: int = 2, min_hidden: int = 1, act_layer: str = "relu",
                  gate_layer: str = "sigmoid") -> None:
         super().__init__()
-        require(reduction > 0, f"reduction={reduction} must be positive")
-        hidden = max(1, min_hidden, channels // reduction)
+        hidden = reduced_width(channels, reduction, min_hidden)
         # deploy: the shared table swaps this pool for ReduceMean.
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.channel_gate = nn.Sequential(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act, require
+from ..layers import create_act, reduced_width, require
 from ..registry import ATTENTION
 
 
@@ -22,8 +22,7 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
                  act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
         super().__init__()
-        require(reduction > 0, f"reduction={reduction} must be positive")
-        hidden = max(1, min_hidden, channels // reduction)
+        hidden = reduced_width(channels, reduction, min_hidden)
         # deploy: the shared table swaps these pools for ReduceMean / ReduceMax.
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.max_pool = nn.AdaptiveMaxPool2d(1)

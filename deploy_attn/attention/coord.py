@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act
+from ..layers import create_act, reduced_width
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
 
 
 class CoordAtt(nn.Module):
@@ -23,7 +22,7 @@ class CoordAtt(nn.Module):
     def __init__(self, channels: int, reduction: int = 32, min_hidden: int = 8,
                  act_layer: str = "hard_swish") -> None:
         super().__init__()
-        hidden = max(min_hidden, channels // reduction)
+        hidden = reduced_width(channels, reduction, min_hidden)
         self.pool_h = nn.AdaptiveAvgPool2d((None, 1))
         self.pool_w = nn.AdaptiveAvgPool2d((1, None))
         self.conv1 = nn.Conv2d(channels, hidden, kernel_size=1)

@@ -62,6 +62,17 @@ def register_backbone(name: str, builder: Callable[..., nn.Module], *, sites: Si
     return names
 
 
+RESIDUAL_GAMMA = 0.2
+
+
+def damp_residual(bn: nn.BatchNorm2d, gamma: float = RESIDUAL_GAMMA) -> None:
+    """Start the last BN of a residual branch small, as zero-init-residual training does
+    (Goyal et al. 2017; torchvision's ``zero_init_residual``): trained residual networks
+    keep branches small, and a generated network whose branches are not amplifies
+    rounding error through depth far beyond what a trained one does."""
+    nn.init.constant_(bn.weight, gamma)
+
+
 def kaiming_init(model: nn.Module) -> None:
     """He init for convs, unit BN, small normal for classifiers (torchvision's scheme)."""
     for m in model.modules():

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvBNAct, make_divisible
-from .common import kaiming_init, make_attention, register_backbone
+from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 # t (expansion), c (output channels), n (repeats), s (first stride)
 CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -65,6 +65,9 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(out, num_classes)
         kaiming_init(self)
+        for block in self.features:
+            if isinstance(block, InvertedResidual) and block.identity:
+                damp_residual(block.conv[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.conv(self.features(x)))

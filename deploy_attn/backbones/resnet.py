@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .common import kaiming_init, make_attention, register_backbone
+from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 
 def _downsample(inp: int, oup: int, stride: int) -> nn.Module | None:
@@ -84,6 +84,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, num_classes)
         kaiming_init(self)
+        for m in self.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                damp_residual(m.bn3 if isinstance(m, Bottleneck) else m.bn2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

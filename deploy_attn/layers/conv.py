@@ -30,6 +30,13 @@ def require_divisible(value: int, divisor: int, what: str, by: str) -> None:
             f"{what}={value} must be divisible by {by}={divisor}")
 
 
+def reduced_width(channels: int, reduction: int, min_hidden: int = 1) -> int:
+    """Hidden width of a bottleneck MLP: ``max(min_hidden, channels // reduction)``, never
+    0 (seed CPCA's ``in_chans // 16`` is 0 below 16 channels)."""
+    require(reduction > 0, f"reduction={reduction} must be positive")
+    return max(1, min_hidden, channels // reduction)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d -> BatchNorm2d -> activation, 'same' padding for odd kernels."""
 

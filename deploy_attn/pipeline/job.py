@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import ParityError
+from ..errors import ConfigError, ParityError
 from ..models import create_model
 from ..registry import get_spec
 from ..rewrite import patch_for_deploy, summarize
@@ -18,11 +18,17 @@ from .artifacts import library_versions, write_json
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
 from .parity import FP32, check_onnx, compare, seeded_inputs, torch_outputs
+from .precision import AUTOCAST_MAX
 from .simplify import simplify_onnx
 
 DEFAULT_ROOT = Path("export")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def artifact_name(precision: str) -> str:
+    return MODEL_FILE if precision == "fp32" else f"model.{precision}.onnx"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,14 @@ class ExportConfig:
     approximate: bool = False
     weights: Path | None = None
     seed: int = 0
+    precisions: tuple[str, ...] = ()  # beyond fp32, which is always exported first
+    calib_dir: Path | None = None
+    calib_count: int = 32
+    calib_method: str = "minmax"
+    exclude: tuple[str, ...] = ()  # INT8 nodes kept FP32; ("auto",) chooses by sensitivity
+    sensitivity: bool = False
+    fp16_threshold: float = AUTOCAST_MAX
+    verify_count: int = 8
 
     @property
     def directory(self) -> Path:
@@ -68,6 +82,11 @@ def export_job(cfg: ExportConfig, progress: Callable[[str], None] = _noop) -> Ex
     """Run the export job; raises ParityError (after writing report.json, and with no
     model.onnx left behind) when the ONNX output is outside the FP32 tolerance."""
     spec = get_spec(cfg.name)
+    bad = [p for p in cfg.precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"unknown precision {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
+    if cfg.exclude == ("auto",) and "int8" not in cfg.precisions:
+        raise ConfigError("--exclude applies to INT8: add --precision int8")
     out = cfg.directory
     model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
     shape = spec.input_shape(1, cfg.channels, cfg.input_size)
@@ -111,25 +130,90 @@ def export_job(cfg: ExportConfig, progress: Callable[[str], None] = _noop) -> Ex
         report["parity"] = {"fp32": {"tolerance": asdict(FP32),
                                      "results": [r.as_dict() for r in results], "ok": ok}}
         report["versions"] = library_versions()
-        report["seconds"] = round(time.perf_counter() - t0, 2)
-        report["status"] = "ok" if ok else "parity_failed"
+        report["files"] = {}
         if ok:
             final.replace(model_path)  # same filesystem: atomic
-            report["files"] = {"model": MODEL_FILE}
+            report["files"]["fp32"] = MODEL_FILE
+            report["trt_check"] = {"fp32": _trt_check(model_path)}
         else:
             model_path.unlink(missing_ok=True)  # never leave a stale model that looks current
-    write_json(report_path, report)
-    if not ok:
-        worst = max(results, key=lambda r: r.max_abs)
-        raise ParityError(
+        failure = None if ok else (
             f"{cfg.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
-            f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs {worst.max_abs:.3g}, max rel "
-            f"{worst.max_rel:.3g}, batch {worst.batch}); see {report_path}")
+            f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs {max(r.max_abs for r in results):.3g}, "
+            f"max rel {max(r.max_rel for r in results):.3g}); see {report_path}")
+        for precision in cfg.precisions if ok else ():
+            if precision == "fp32":
+                continue
+            failure = _precision_stage(cfg, spec, shape, reference, precision, Path(tmp),
+                                       report, progress)
+            if failure:
+                break
+    report["status"] = "ok" if failure is None else "failed"
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(report_path, report)
+    if failure:
+        raise ParityError(failure)
     return ExportResult(model_path, report_path, report)
+
+
+def _trt_check(path: Path) -> dict:
+    from .trt_check import check_trt_support
+
+    return check_trt_support(path).as_dict()
+
+
+def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, tmp: Path,
+                     report: dict, progress: Callable[[str], None]) -> str | None:
+    """Write model.<precision>.onnx if it meets its threshold; return a failure message
+    otherwise (the artifact is then removed)."""
+    from .calib import calibration_data
+    from .parity import TOLERANCES, ort_outputs, ort_session
+    from .precision import (auto_exclude, convert_fp16, cosine_scorer, int8_sensitivity,
+                            quantize_int8)
+
+    out = cfg.directory
+    dst = out / artifact_name(precision)
+    tol = TOLERANCES[precision]
+    calib = calibration_data(spec, shape, cfg.calib_dir, cfg.calib_count)
+    x = seeded_inputs((cfg.verify_count,) + tuple(shape[1:]))  # disjoint from calibration
+    ref = torch_outputs(reference, x)
+    staged = tmp / dst.name
+    details: dict = {}
+    if precision == "fp16":
+        progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
+        details = convert_fp16(out / MODEL_FILE, staged, calib, cfg.fp16_threshold).details
+    else:
+        exclude = tuple(cfg.exclude)
+        progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
+        if cfg.sensitivity or exclude == ("auto",):
+            scorer = cosine_scorer(ref, x)
+            quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method, cache_dir=tmp)
+            progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+            rows = int8_sensitivity(out / MODEL_FILE, staged, scorer, progress)
+            details["sensitivity"] = rows
+            if exclude == ("auto",):
+                exclude = tuple(auto_exclude(out / MODEL_FILE, staged, rows, scorer,
+                                             tol.min_cosine))
+                progress(f"int8 --exclude auto: {len(exclude)} node(s) left FP32")
+        details.update(quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method,
+                                     exclude, cache_dir=tmp).details)
+    progress(f"{precision}: parity vs PyTorch FP32 on {cfg.verify_count} inputs")
+    result = compare(ort_outputs(ort_session(staged), x), ref, tol,
+                     classifier=spec.num_classes is not None)
+    entry = {"file": dst.name, "tolerance": asdict(tol), "results": [result.as_dict()],
+             "ok": result.ok, **details}
+    report.setdefault("precisions", {})[precision] = entry
+    if not result.ok:
+        dst.unlink(missing_ok=True)
+        return (f"{cfg.name}: {precision.upper()} output vs PyTorch FP32: cosine "
+                f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
+                f"finite {result.finite}; see {out / REPORT_FILE}")
+    staged.replace(dst)
+    report["files"][precision] = dst.name
+    report.setdefault("trt_check", {})[precision] = _trt_check(dst)
+    return None
 
 
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-

@@ -59,3 +59,26 @@ def shape_ops(model: onnx.ModelProto) -> list[str]:
 def input_shape(model: onnx.ModelProto) -> list[int | str]:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_param if d.dim_param else d.dim_value for d in dims]
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder the graph's nodes topologically (some converters append nodes at the end,
+    which ONNX Runtime tolerates but onnx.checker and TensorRT's parser do not)."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ArtifactError("graph has a cycle or an input nothing produces: "
+                                + ", ".join(sorted({i for n in pending for i in n.input
+                                                    if i not in available})[:3]))
+        for n in ready:
+            available.update(n.output)
+        ordered += ready
+        ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ids]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return model

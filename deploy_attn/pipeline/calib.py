@@ -1,0 +1,107 @@
+"""Calibration and verification inputs: an image folder with the model's preprocessing,
+or a seeded generated set that the report labels as such."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError
+from ..registry import ModelSpec
+from .parity import seeded_inputs
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CALIB_SEED = 99  # verification uses parity.seeded_inputs' default seed: disjoint sets
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a model input: resize to (H, W), scale to [0, 1], normalise."""
+
+    size: tuple[int, int]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CalibData:
+    inputs: np.ndarray  # [N, C, H, W] float32
+    source: str
+    preprocess: Preprocess | None
+
+    def as_dict(self) -> dict:
+        return {"count": int(self.inputs.shape[0]), "source": self.source,
+                "preprocess": self.preprocess.as_dict() if self.preprocess else None}
+
+
+def default_preprocess(spec: ModelSpec, shape: tuple[int, ...]) -> Preprocess | None:
+    """ImageNet statistics for RGB backbones, [-1, 1] for grayscale ones; None for
+    attention modules, whose inputs are feature maps, not images."""
+    if spec.kind != "backbone":
+        return None
+    channels, size = shape[1], (shape[2], shape[3])
+    if channels == 3:
+        return Preprocess(size, 3, IMAGENET_MEAN, IMAGENET_STD)
+    return Preprocess(size, channels, (0.5,) * channels, (0.5,) * channels)
+
+
+def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGB")
+                mode = "RGB"
+            channels = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "RGB": 3}.get(mode)
+            if channels != pre.channels:
+                raise ArtifactError(f"{path}: image has mode {mode} "
+                                    f"({channels or len(img.getbands())} channels); the model "
+                                    f"takes {pre.channels}-channel input")
+            img = img.convert("F" if channels == 1 else "RGB")
+            img = img.resize((pre.size[1], pre.size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    arr = arr / (65535.0 if mode == "I;16" else 255.0)
+    mean = np.asarray(pre.mean, np.float32)[:, None, None]
+    std = np.asarray(pre.std, np.float32)[:, None, None]
+    return (arr - mean) / std
+
+
+def image_folder(folder: str | Path, pre: Preprocess, count: int) -> CalibData:
+    """Up to ``count`` images (sorted by name) from ``folder``, preprocessed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: calibration folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ArtifactError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate with")
+    files = files[:count]
+    inputs = np.stack([_load_image(p, pre) for p in files]).astype(np.float32)
+    return CalibData(inputs, f"images: {folder} ({len(files)} files)", pre)
+
+
+def calibration_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | Path | None,
+                     count: int) -> CalibData:
+    if count < 1:
+        raise ConfigError(f"--calib-count {count}: need at least one calibration input")
+    pre = default_preprocess(spec, shape)
+    if calib_dir is not None:
+        if pre is None:
+            raise ConfigError(f"{spec.name} takes {shape[1]}-channel feature maps, not images; "
+                              "calibrate it with the generated set (omit --calib-dir)")
+        return image_folder(calib_dir, pre, count)
+    inputs = seeded_inputs((count,) + tuple(shape[1:]), CALIB_SEED)
+    return CalibData(inputs, f"generated: seeded standard normal (seed {CALIB_SEED}), "
+                             "not real data", pre)

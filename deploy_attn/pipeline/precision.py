@@ -1,0 +1,302 @@
+"""Stages: FP32 ONNX -> FP16 ONNX with FP32 islands, and FP32 ONNX -> INT8 Q/DQ ONNX.
+
+TensorRT 10.12 deprecated its FP16/INT8 builder flags and 11.0 removed them: precision now
+lives in the graph, built strongly typed. The same graphs run in ONNX Runtime on the CPU,
+so every precision decision is made and verified here (see shared TENSORRT.md).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from ..errors import ConfigError
+from .artifacts import atomic_path
+from .calib import CalibData
+from .onnx_io import load_onnx, toposort
+from .parity import ort_outputs, ort_session
+
+AUTOCAST_MAX = 512.0  # NVIDIA ModelOpt AutoCast: keep a node FP32 above this magnitude
+FP16_MAX = 65504.0
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class KeptNode:
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class PrecisionArtifact:
+    path: Path
+    details: dict = field(default_factory=dict)
+
+
+def _name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name (block lists and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    return model
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: object) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = json.dumps(value)
+            return
+    model.metadata_props.add(key=key, value=json.dumps(value))
+
+
+def tensor_ranges(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, float]:
+    """Max |value| of every float tensor the graph computes, over ``inputs``."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        for out in node.output:
+            if out and out not in known and types.get(out) == TensorProto.FLOAT:
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+                known.add(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        onnx.save(probe, str(path))
+        session = ort_session(path)
+        names = [o.name for o in session.get_outputs()]
+        inp = session.get_inputs()[0]
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else inputs.shape[0]
+        ranges: dict[str, float] = {inp.name: float(np.abs(inputs).max())}
+        for i in range(0, inputs.shape[0], fixed):
+            outs = session.run(None, {inp.name: inputs[i:i + fixed]})
+            for name, value in zip(names, outs):
+                if np.issubdtype(value.dtype, np.floating) and value.size:
+                    ranges[name] = max(ranges.get(name, 0.0), float(np.abs(value).max()))
+    return ranges
+
+
+def fp32_islands(model: onnx.ModelProto, ranges: dict[str, float],
+                 threshold: float = AUTOCAST_MAX) -> list[KeptNode]:
+    """Nodes to keep in FP32, by measurement: an input or output whose magnitude exceeds
+    ``threshold`` on the calibration inputs, or an initializer beyond the FP16 range."""
+    inits = {i.name: i for i in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        big_init = [n for n in node.input if n in inits and inits[n].data_type == TensorProto.FLOAT
+                    and np.abs(numpy_helper.to_array(inits[n])).max(initial=0) > FP16_MAX]
+        peak = max((ranges.get(t, 0.0) for t in list(node.input) + list(node.output)), default=0.0)
+        if big_init:
+            kept.append(KeptNode(node.name, node.op_type,
+                                 f"initializer {big_init[0]} exceeds the FP16 range {FP16_MAX:g}"))
+        elif peak > threshold:
+            kept.append(KeptNode(node.name, node.op_type,
+                                 f"activation magnitude {peak:.4g} > {threshold:g}"))
+    return kept
+
+
+def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
+                 threshold: float = AUTOCAST_MAX) -> PrecisionArtifact:
+    """FP16 weights and compute, FP32 graph inputs/outputs, measured FP32 islands behind
+    Casts. The conversion is onnxconverter-common's float16 converter with a node block
+    list (ONNX Runtime's bundled copy of it names inserted Casts after the tensor, and
+    emits duplicates when one tensor feeds two blocked nodes)."""
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    model = _name_nodes(load_onnx(src))
+    kept = fp32_islands(model, tensor_ranges(model, calib.inputs), threshold)
+    fp16 = toposort(convert_float_to_float16(model, keep_io_types=True,
+                                             node_block_list=[k.name for k in kept]))
+    _set_metadata(fp16, "deploy_attn.precision", "fp16")
+    if calib.preprocess:
+        _set_metadata(fp16, "deploy_attn.preprocess", calib.preprocess.as_dict())
+    with atomic_path(dst) as tmp:
+        onnx.save(fp16, str(tmp))
+        load_onnx(tmp)
+    casts = sum(n.op_type == "Cast" for n in fp16.graph.node)
+    return PrecisionArtifact(Path(dst), {
+        "fp32_kept_nodes": [asdict(k) for k in kept], "threshold": threshold,
+        "casts": casts, "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"})
+
+
+# --- INT8 ----------------------------------------------------------------------------
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over an array, one model batch at a time."""
+
+    def __init__(self, name: str, inputs: np.ndarray, batch: int) -> None:
+        self._items = iter([{name: inputs[i:i + batch]} for i in range(0, len(inputs), batch)])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+def _quantizable(model: onnx.ModelProto) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+
+
+def _quantize(src: Path, dst: Path, calib: CalibData, method: str, exclude: Sequence[str],
+              cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = load_onnx(src, check=False)
+    inp = model.graph.input[0]
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.dim_value else len(calib.inputs)
+    quantize_static(
+        str(src), str(dst), _Reader(inp.name, calib.inputs, batch),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS),
+        nodes_to_exclude=list(exclude),
+        calibrate_method={"minmax": CalibrationMethod.MinMax,
+                          "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[method],
+        calibration_cache_path=cache,
+        extra_options={
+            # deploy: TensorRT takes symmetric INT8 only (zero point 0), per-tensor
+            # activations and per-channel weights; Conv/Gemm/MatMul outputs stay float so
+            # they fuse with what follows; biases stay float (TensorRT quantizes them).
+            "ActivationSymmetric": True, "WeightSymmetric": True,
+            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+            "QuantizeBias": False,
+            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
+            "CalibPercentile": 99.999,
+        })
+
+
+def _residual_adds(model: onnx.ModelProto) -> int:
+    """Skip Adds whose residual input comes through a Q/DQ pair while the other comes from
+    a conv: the placement NVIDIA recommends so TensorRT fuses the Add into the conv.
+    (ONNX Runtime's QDQ quantizer feeds every consumer of a quantized tensor from its
+    DequantizeLinear, which gives this placement without graph edits.)"""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    return sum(1 for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2
+               and sorted(producers.get(i, "") for i in n.input)[0] in QUANTIZED_OPS
+               and "DequantizeLinear" in (producers.get(i) for i in n.input))
+
+
+def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: str = "minmax",
+                  exclude: Sequence[str] = (), cache_dir: str | Path | None = None
+                  ) -> PrecisionArtifact:
+    """Explicit Q/DQ INT8 in the form TensorRT accepts (ONNX Runtime's quantize_static,
+    QDQ format, symmetric, per-channel weights), calibrated on ``calib``."""
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"calibration method '{method}': choose from {', '.join(CALIB_METHODS)}")
+    src = Path(src)
+    model = _name_nodes(load_onnx(src))
+    targets = _quantizable(model)
+    if not targets:
+        raise ConfigError(f"{src}: no {'/'.join(QUANTIZED_OPS)} nodes to quantize, so an INT8 "
+                          "graph would be the FP32 graph; use fp32 or fp16 for this model")
+    unknown = sorted(set(exclude) - set(targets))
+    if unknown:
+        raise ConfigError(f"--exclude: {', '.join(unknown)} not among the quantizable nodes "
+                          f"({', '.join(targets[:6])}{', ...' if len(targets) > 6 else ''})")
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx.save(model, str(named))
+        cache = Path(cache_dir or tmp) / f"calib-{method}.json"
+        out = Path(tmp) / "int8.onnx"
+        _quantize(named, out, calib, method, exclude, cache)
+        q = load_onnx(out)
+    residual = _residual_adds(q)
+    _set_metadata(q, "deploy_attn.precision", "int8")
+    _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
+    with atomic_path(dst) as tmp_dst:
+        onnx.save(q, str(tmp_dst))
+        load_onnx(tmp_dst)
+    ops = [n.op_type for n in q.graph.node]
+    return PrecisionArtifact(Path(dst), {
+        "method": method, "calibration": calib.as_dict(),
+        "quantized_nodes": len(targets) - len(exclude), "excluded_nodes": list(exclude),
+        "quantize_linear": ops.count("QuantizeLinear"),
+        "dequantize_linear": ops.count("DequantizeLinear"),
+        "residual_adds_quantized": residual,
+        "scheme": "QDQ, symmetric INT8, per-tensor activations, per-channel weights, "
+                  "inputs of Conv/ConvTranspose/Gemm/MatMul; gates unquantized"})
+
+
+def leave_fp32(int8: onnx.ModelProto, fp32: onnx.ModelProto,
+               names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the INT8 graph in which the nodes ``names`` take their FP32 inputs and
+    weights again (their Q/DQ bypassed): what excluding them from quantization gives,
+    without recalibrating or re-quantizing."""
+    original = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    model = onnx.ModelProto()
+    model.CopyFrom(int8)
+    have = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in names:
+            del node.input[:]
+            node.input.extend(original[node.name].input)
+            for name in original[node.name].input:
+                if name in fp32_inits and name not in have:
+                    model.graph.initializer.append(fp32_inits[name])
+                    have.add(name)
+    return model
+
+
+def int8_sensitivity(src: str | Path, int8: str | Path, score: Callable[[Path], float],
+                     progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Per quantized node: the score (e.g. cosine vs the reference) of the INT8 graph with
+    that node alone left FP32, and its gain over the fully quantized graph; most
+    sensitive first."""
+    fp32 = _name_nodes(load_onnx(src))
+    q = load_onnx(int8)
+    targets = [n for n in _quantizable(fp32) if n in {m.name for m in q.graph.node}]
+    base = score(Path(int8))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "one.onnx"
+        for i, name in enumerate(targets, 1):
+            if progress and (i == 1 or i % 10 == 0 or i == len(targets)):
+                progress(f"int8 sensitivity [{i}/{len(targets)}]")
+            onnx.save(leave_fp32(q, fp32, [name]), str(path))
+            s = score(path)
+            rows.append({"node": name,
+                         "op_type": next(n.op_type for n in fp32.graph.node if n.name == name),
+                         "score_with_node_fp32": s, "gain": s - base})
+    rows.sort(key=lambda r: -r["gain"])
+    return rows
+
+
+def auto_exclude(src: str | Path, int8: str | Path, rows: list[dict],
+                 score: Callable[[Path], float], target: float,
+                 max_fraction: float = 0.25) -> list[str]:
+    """The fewest most-sensitive nodes to leave FP32 for ``score >= target`` (checked on
+    the bypassed graph), at most ``max_fraction`` of the quantized nodes."""
+    fp32, q = _name_nodes(load_onnx(src)), load_onnx(int8)
+    chosen: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.onnx"
+        for row in [None] + rows[: max(1, int(len(rows) * max_fraction))]:
+            if row is not None:
+                chosen.append(row["node"])
+            onnx.save(leave_fp32(q, fp32, chosen), str(path))
+            if score(path) >= target:
+                break
+    return chosen
+
+
+def cosine_scorer(reference_outputs: np.ndarray, inputs: np.ndarray) -> Callable[[Path], float]:
+    """Cosine similarity of an ONNX file's outputs on ``inputs`` to ``reference_outputs``."""
+    ref = reference_outputs.astype(np.float64).ravel()
+
+    def score(path: Path) -> float:
+        out = ort_outputs(ort_session(path), inputs).astype(np.float64).ravel()
+        denom = np.linalg.norm(out) * np.linalg.norm(ref)
+        return float(out @ ref / denom) if denom else 0.0
+
+    return score
