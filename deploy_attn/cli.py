@@ -49,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        input_size=tuple(args.input_size) if args.input_size else None,
                        dynamic_batch=args.dynamic_batch, opset=args.opset,
                        simplify=not args.no_simplify, approximate=args.approximate,
-                       weights=args.weights, seed=args.seed,
+                       weights=args.weights, num_classes=args.num_classes, seed=args.seed,
                        precisions=tuple(args.precision), calib_dir=args.calib_dir,
                        calib_count=args.calib_count, calib_method=args.calib_method,
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
@@ -112,6 +112,65 @@ def cmd_export_all(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _print_parity(label: str, r: dict) -> None:
+    top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r.get("top1_agreement") is not None else ""
+    print(f"{label}: cosine {r['cosine']:.6f}, max abs {r['max_abs']:.2e}, max rel "
+          f"{r['max_rel']:.2e}{top1} -> {'ok' if r['ok'] else 'FAILED'}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .pipeline.job import DEFAULT_ROOT, engine_parity, verify_artifacts
+    from .pipeline.trt_check import check_trt_support
+    from .registry import get_spec
+
+    target = Path(args.target)
+    if target.suffix == ".onnx" or target.is_file():
+        result = check_trt_support(target)
+        for issue in result.issues:
+            print(f"{issue.op_type} '{issue.node}': {issue.reason}")
+        if not result.ok:
+            raise DeployAttnError(result.summary())
+        print(result.summary())
+        return 0
+    get_spec(args.target)
+    directory = args.output or DEFAULT_ROOT / args.target
+    if args.engine:
+        from .pipeline.engine import read_sidecar
+
+        precision = read_sidecar(args.engine)["precision"]
+        r = engine_parity(directory, Path(args.engine), precision, _progress)
+        _print_parity(f"engine {Path(args.engine).name} ({precision})", r)
+        if not r["ok"]:
+            raise DeployAttnError(f"{args.target}: engine {args.engine} is outside the "
+                                  f"{precision} tolerance")
+        return 0
+    failed = []
+    for precision, r in verify_artifacts(directory, _progress).items():
+        _print_parity(f"{r['file']} ({precision})", r)
+        print(f"  {r['trt_check']['summary']}")
+        if not r["ok"] or (args.trt and not r["trt_check"]["ok"]):
+            failed.append(precision)
+    if failed:
+        raise DeployAttnError(f"{args.target}: {', '.join(failed)} artifact(s) failed their check")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .pipeline.build import build_job
+    from .pipeline.job import ExportConfig
+    from .registry import get_spec
+
+    get_spec(args.name)
+    export = ExportConfig(name=args.name, out_dir=args.output, dynamic_batch=args.dynamic_batch,
+                          calib_dir=args.calib_dir)
+    entry = build_job(export, args.precision, min_batch=args.min_batch,
+                      opt_batch=args.opt_batch, max_batch=args.max_batch,
+                      workspace_mib=args.workspace, progress=_progress)
+    _print_parity(f"engine {entry['file']}", entry["parity"])
+    print(f"trtexec equivalent: {entry['trtexec']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
@@ -136,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--approximate", action="store_true",
                     help="also apply rewrites that change numerics (the report states their error)")
     ex.add_argument("--weights", type=Path, help="checkpoint to load (state_dict, or dict with state_dict/model)")
+    ex.add_argument("--num-classes", type=int, help="classifier/segmentation classes (backbones)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
                     help="also write FP16 / INT8 artifacts: fp16, int8 or fp16,int8")
@@ -151,6 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--fp16-threshold", type=float, default=512.0,
                     help="keep a node FP32 when its activations exceed this (default 512, AutoCast's)")
     ex.set_defaults(func=cmd_export)
+
+    ck = sub.add_parser("check", help="check an ONNX file against TensorRT's operator matrix, "
+                        "or a model's artifacts / engine against PyTorch")
+    ck.add_argument("target", help="an .onnx file, or a registry name with an export directory")
+    ck.add_argument("--trt", action="store_true",
+                    help="fail on nodes TensorRT 10.16's ONNX parser would reject")
+    ck.add_argument("--engine", type=Path, help="a TensorRT engine of NAME to run and compare")
+    ck.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
+    ck.set_defaults(func=cmd_check)
+
+    bd = sub.add_parser("build", help="build a strongly typed TensorRT engine and check it")
+    bd.add_argument("name", help="registry name (see 'deploy-attn list')")
+    bd.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    bd.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
+    bd.add_argument("--dynamic-batch", action="store_true",
+                    help="when exporting first: a dynamic batch axis (then --min/opt/max-batch)")
+    bd.add_argument("--min-batch", type=int)
+    bd.add_argument("--opt-batch", type=int)
+    bd.add_argument("--max-batch", type=int)
+    bd.add_argument("--workspace", type=int, metavar="MIB", help="builder workspace (default 4096)")
+    bd.add_argument("--calib-dir", type=Path, help="when exporting INT8 first: calibration images")
+    bd.set_defaults(func=cmd_build)
 
     ea = sub.add_parser("export-all", help="export and check every registered model (or a pattern)")
     ea.add_argument("pattern", nargs="?", default="*", help="shell-style filter")

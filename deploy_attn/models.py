@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .errors import ConfigError
 from .registry import ModelSpec, get_spec
 
 
@@ -97,6 +98,8 @@ def build(spec: ModelSpec, *, channels: int | None = None,
     """Construct ``spec``'s module (weights as PyTorch initialises them)."""
     args = {**spec.kwargs, **kwargs}
     if spec.kind == "attention":
+        if "num_classes" in args:
+            raise ConfigError(f"{spec.name} is an attention module; --num-classes applies to backbones")
         model = spec.builder(channels or spec.channels, **args)
     else:
         if channels is not None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, ParityError
@@ -42,6 +43,7 @@ class ExportConfig:
     simplify: bool = True
     approximate: bool = False
     weights: Path | None = None
+    num_classes: int | None = None  # backbones: a checkpoint's own head width
     seed: int = 0
     precisions: tuple[str, ...] = ()  # beyond fp32, which is always exported first
     calib_dir: Path | None = None
@@ -70,8 +72,9 @@ def _noop(msg: str) -> None:
 
 def reference_model(cfg: ExportConfig) -> torch.nn.Module:
     """The reference PyTorch model an export is checked against (seeded or user weights)."""
+    extra = {"num_classes": cfg.num_classes} if cfg.num_classes else {}
     model = create_model(cfg.name, channels=cfg.channels, input_size=cfg.input_size,
-                         seed=cfg.seed)
+                         seed=cfg.seed, **extra)
     if cfg.weights is not None:
         from ..checkpoint import load_checkpoint
         load_checkpoint(model, cfg.weights)
@@ -105,6 +108,10 @@ def export_job(cfg: ExportConfig, progress: Callable[[str], None] = _noop) -> Ex
         "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
         if cfg.dynamic_batch else {},
         "seed": cfg.seed, "weights": str(cfg.weights) if cfg.weights else "seeded",
+        "config": {"channels": cfg.channels, "input_size": cfg.input_size,
+                   "num_classes": cfg.num_classes, "seed": cfg.seed,
+                   "weights": str(cfg.weights.resolve()) if cfg.weights else None,
+                   "dynamic_batch": cfg.dynamic_batch, "opset": cfg.opset},
         "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
                      "deploy_vs_reference_torch": rewrite_error.as_dict()},
     }
@@ -200,9 +207,15 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
     progress(f"{precision}: parity vs PyTorch FP32 on {cfg.verify_count} inputs")
     result = compare(ort_outputs(ort_session(staged), x), ref, tol,
                      classifier=spec.num_classes is not None)
+    overflows = details.get("overflows", [])
     entry = {"file": dst.name, "tolerance": asdict(tol), "results": [result.as_dict()],
-             "ok": result.ok, **details}
+             "ok": result.ok and not overflows, **details}
     report.setdefault("precisions", {})[precision] = entry
+    if overflows:
+        dst.unlink(missing_ok=True)
+        return (f"{cfg.name}: FP16 graph casts {len(overflows)} tensor(s) beyond the FP16 "
+                f"range to FP16: {', '.join(overflows[:3])}; lower --fp16-threshold "
+                f"(now {cfg.fp16_threshold:g})")
     if not result.ok:
         dst.unlink(missing_ok=True)
         return (f"{cfg.name}: {precision.upper()} output vs PyTorch FP32: cosine "
@@ -217,3 +230,77 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_report(directory: Path) -> dict:
+    """The report.json of an export directory; ArtifactError if it is missing or corrupt."""
+    import json
+
+    from ..errors import ArtifactError
+
+    path = Path(directory) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text())
+        report["name"], report["config"]
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no export report; run 'deploy-attn export' first") from None
+    except KeyError as exc:
+        raise ArtifactError(f"{path}: report has no {exc} entry (an older or foreign "
+                            "report); export again") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{path}: corrupt export report ({type(exc).__name__})") from None
+    return report
+
+
+def config_from_report(report: dict, directory: Path) -> ExportConfig:
+    """The ExportConfig that produced ``report`` (to rebuild the same reference model)."""
+    c = report["config"]
+    return ExportConfig(name=report["name"], out_dir=Path(directory), channels=c["channels"],
+                        input_size=tuple(c["input_size"]) if c["input_size"] else None,
+                        num_classes=c["num_classes"], seed=c["seed"],
+                        weights=Path(c["weights"]) if c["weights"] else None,
+                        dynamic_batch=c["dynamic_batch"], opset=c["opset"])
+
+
+def verify_inputs(report: dict, count: int) -> np.ndarray:
+    """The seeded inputs every artifact check of this export uses."""
+    return seeded_inputs((count,) + tuple(report["input_shape"][1:]))
+
+
+def verify_artifacts(directory: Path, progress: Callable[[str], None] = _noop) -> dict:
+    """Re-check every ONNX artifact of an export against a freshly built reference:
+    parity at each precision's tolerance and the TensorRT operator check."""
+    from .parity import TOLERANCES, ort_outputs, ort_session
+
+    report = read_report(directory)
+    cfg = config_from_report(report, directory)
+    reference = reference_model(cfg)
+    x = verify_inputs(report, cfg.verify_count)
+    ref = torch_outputs(reference, x)
+    results = {}
+    for precision, file in report.get("files", {}).items():
+        progress(f"{precision}: {file}")
+        result = compare(ort_outputs(ort_session(Path(directory) / file), x), ref,
+                         TOLERANCES[precision], classifier=get_spec(cfg.name).num_classes is not None)
+        results[precision] = {"file": file, **result.as_dict(),
+                              "trt_check": _trt_check(Path(directory) / file)}
+    return results
+
+
+def engine_parity(directory: Path, engine_path: Path, precision: str,
+                  progress: Callable[[str], None] = _noop) -> dict:
+    """Run a TensorRT engine on the export's seeded inputs (Polygraphy TrtRunner) and
+    compare it with the reference PyTorch model at the precision's tolerance."""
+    from .engine import engine_outputs
+    from .parity import TOLERANCES
+
+    report = read_report(directory)
+    cfg = config_from_report(report, directory)
+    reference = reference_model(cfg)
+    batch = report["input_shape"][0]
+    x = verify_inputs(report, cfg.verify_count * batch)
+    progress(f"engine parity: {engine_path.name} on {len(x)} inputs vs PyTorch")
+    outs = engine_outputs(engine_path, [x[i:i + batch] for i in range(0, len(x), batch)])
+    result = compare(np.concatenate(outs), torch_outputs(reference, x), TOLERANCES[precision],
+                     classifier=get_spec(cfg.name).num_classes is not None)
+    return {"engine": engine_path.name, "precision": precision, **result.as_dict()}

@@ -107,6 +107,59 @@ def fp32_islands(model: onnx.ModelProto, ranges: dict[str, float],
     return kept
 
 
+def _drop_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Remove Cast(FP32->FP16) -> Cast(FP16->FP32) between two FP32 islands: the converter
+    inserts them at every island boundary, and the round trip through FP16 would
+    overflow exactly the values the islands exist to keep (e.g. CAM's energies)."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node
+          if n.op_type == "Cast"}
+    removed = set()
+    for second in [n for n in graph.node if n.op_type == "Cast" and to[n.name] == TensorProto.FLOAT]:
+        first = producer.get(second.input[0])
+        if first is None or first.op_type != "Cast" or to[first.name] != TensorProto.FLOAT16:
+            continue
+        source = first.input[0]
+        if second.output[0] in outputs:
+            continue
+        for user in consumers.get(second.output[0], []):
+            for k, name in enumerate(user.input):
+                if name == second.output[0]:
+                    user.input[k] = source
+        removed.add(id(second))
+        if all(id(u) in removed for u in consumers.get(first.output[0], [])):
+            removed.add(id(first))
+    keep = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(removed)
+
+
+def fp16_overflows(model: onnx.ModelProto, ranges: dict[str, float]) -> list[str]:
+    """Tensors the FP16 graph casts to FP16 although their measured FP32 magnitude
+    exceeds the FP16 range: they become Inf on any FP16 runtime. (ONNX Runtime's CPU
+    provider computes some FP16 ops in FP32 and may not show it, so this is checked
+    from the measured ranges rather than by running the graph.)"""
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    half = {v.name for v in inferred if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    found = []
+    for n in model.graph.node:
+        is_cast16 = n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16
+                                                for a in n.attribute)
+        # a tensor computed in FP16 keeps its FP32 name; a Cast to FP16 gets a new one
+        for name in ([n.input[0]] if is_cast16 else [o for o in n.output if o in half]):
+            peak = ranges.get(name, 0.0)
+            if peak > FP16_MAX:
+                found.append(f"{name} (|x| up to {peak:.4g})")
+    return found
+
+
 def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
                  threshold: float = AUTOCAST_MAX) -> PrecisionArtifact:
     """FP16 weights and compute, FP32 graph inputs/outputs, measured FP32 islands behind
@@ -116,9 +169,11 @@ def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
     from onnxconverter_common.float16 import convert_float_to_float16
 
     model = _name_nodes(load_onnx(src))
-    kept = fp32_islands(model, tensor_ranges(model, calib.inputs), threshold)
+    ranges = tensor_ranges(model, calib.inputs)
+    kept = fp32_islands(model, ranges, threshold)
     fp16 = toposort(convert_float_to_float16(model, keep_io_types=True,
                                              node_block_list=[k.name for k in kept]))
+    round_trips = _drop_cast_round_trips(fp16)
     _set_metadata(fp16, "deploy_attn.precision", "fp16")
     if calib.preprocess:
         _set_metadata(fp16, "deploy_attn.preprocess", calib.preprocess.as_dict())
@@ -128,7 +183,9 @@ def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
     casts = sum(n.op_type == "Cast" for n in fp16.graph.node)
     return PrecisionArtifact(Path(dst), {
         "fp32_kept_nodes": [asdict(k) for k in kept], "threshold": threshold,
-        "casts": casts, "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"})
+        "casts": casts, "cast_round_trips_removed": round_trips,
+        "overflows": fp16_overflows(fp16, ranges),
+        "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"})
 
 
 # --- INT8 ----------------------------------------------------------------------------

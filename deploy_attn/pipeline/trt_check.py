@@ -115,7 +115,8 @@ class TrtCheckResult:
     def as_dict(self) -> dict:
         return {"tensorrt_version": self.tensorrt_version, "source": self.source, "ok": self.ok,
                 "nodes": self.nodes, "rejected": self.rejected,
-                "issues": [asdict(i) for i in self.issues], "op_counts": dict(self.op_counts)}
+                "issues": [asdict(i) for i in self.issues], "op_counts": dict(self.op_counts),
+                "summary": self.summary()}
 
     def summary(self) -> str:
         """One line for the CLI and for error messages."""

@@ -1,0 +1,47 @@
+"""The build job: ONNX artifact (exported first if missing) -> strongly typed TensorRT
+engine -> engine parity against the reference PyTorch model -> report.json."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ParityError
+from .artifacts import write_json
+from .engine import EngineConfig, build_engine, engine_path_for, read_sidecar, require_tensorrt
+from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_job,
+                  read_report)
+
+
+def _noop(msg: str) -> None:
+    pass
+
+
+def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = None,
+              opt_batch: int | None = None, max_batch: int | None = None,
+              workspace_mib: int | None = None,
+              progress: Callable[[str], None] = _noop) -> dict:
+    """Build ``model.<precision>.engine`` in the export directory and check it; returns
+    the engine's report entry. Fails first, before any work, without TensorRT or a GPU."""
+    require_tensorrt(export.name, precision)
+    directory = export.directory
+    onnx_path = directory / artifact_name(precision)
+    if not onnx_path.is_file():
+        progress(f"{onnx_path} is missing: exporting it first")
+        precisions = () if precision == "fp32" else (precision,)
+        export_job(ExportConfig(**{**export.__dict__, "precisions": precisions}), progress)
+    options = {k: v for k, v in dict(min_batch=min_batch, opt_batch=opt_batch,
+                                     max_batch=max_batch, workspace_mib=workspace_mib).items()
+               if v is not None}
+    cfg = EngineConfig.from_onnx(onnx_path, precision, **options)
+    engine = build_engine(onnx_path, engine_path_for(directory, precision), cfg, progress)
+    parity = engine_parity(directory, engine, precision, progress)
+    sidecar = read_sidecar(engine)
+    entry = {"file": engine.name, "parity": parity, "trtexec": sidecar["trtexec"],
+             "environment": sidecar["environment"], "build_seconds": sidecar["seconds"]}
+    report = read_report(directory)
+    report.setdefault("engines", {})[precision] = entry
+    write_json(directory / REPORT_FILE, report)
+    if not parity["ok"]:
+        raise ParityError(f"{export.name}: TensorRT {precision} engine vs PyTorch: cosine "
+                          f"{parity['cosine']:.6f}, max abs {parity['max_abs']:.3g}; engine "
+                          f"kept at {engine} for inspection, see {directory / REPORT_FILE}")
+    return entry

@@ -1,0 +1,196 @@
+"""FP16 and INT8 artifacts: thresholds on ONNX Runtime CPU, Q/DQ that TensorRT accepts,
+measured FP32 islands, and the bad inputs of calibration."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from deploy_attn import cli
+from deploy_attn.errors import ConfigError, ParityError
+from deploy_attn.pipeline.calib import image_folder, Preprocess
+from deploy_attn.pipeline.job import ExportConfig, export_job
+from deploy_attn.pipeline.parity import seeded_inputs
+
+from .conftest import ATTENTION_NAMES
+
+NO_WEIGHTED_OPS = {"sa"}  # Shuffle Attention has no Conv/Gemm/MatMul: nothing to quantize
+PRECISE = dict(precisions=("fp16", "int8"), calib_count=16)
+GATES = {"Sigmoid", "HardSigmoid", "Softmax"}
+
+
+def _qdq_problems(model: onnx.ModelProto) -> list[str]:
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    problems = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+                problems.append(f"{n.name}: zero point {zp!r} is not INT8 zeros")
+            if np.any(inits[n.input[1]] <= 0):
+                problems.append(f"{n.name}: non-positive scale")
+            if inits[n.input[1]].size > 1 and not any(a.name == "axis" for a in n.attribute):
+                problems.append(f"{n.name}: per-channel without an explicit axis")
+        if n.op_type in GATES and any(producers.get(i) is not None and
+                                      producers[i].op_type == "DequantizeLinear" for i in n.input):
+            problems.append(f"{n.name}: {n.op_type} gate fed by a DequantizeLinear")
+        if n.op_type in ("Conv", "Gemm", "MatMul"):
+            # an output is quantized only as the input of another quantized op
+            for q in (m for m in model.graph.node if n.output[0] in m.input
+                      and m.op_type == "QuantizeLinear"):
+                dq = [m for m in model.graph.node if q.output[0] in m.input]
+                users = {u.op_type for d in dq for u in model.graph.node if d.output[0] in u.input}
+                if not users & {"Conv", "ConvTranspose", "Gemm", "MatMul"}:
+                    problems.append(f"{n.name}: {n.op_type} output quantized for {users}")
+    return problems
+
+
+@pytest.mark.parametrize("name", [n for n in ATTENTION_NAMES if n not in NO_WEIGHTED_OPS])
+def test_fp16_and_int8_meet_thresholds(export_cache, name):
+    result = export_cache(name, **PRECISE)
+    report = result.report
+    directory = result.model_path.parent
+    for precision in ("fp16", "int8"):
+        entry = report["precisions"][precision]
+        r = entry["results"][0]
+        assert entry["ok"] and r["finite"], f"{name} {precision}: {r}"
+        assert r["cosine"] >= entry["tolerance"]["min_cosine"], f"{name} {precision}: {r}"
+        assert report["trt_check"][precision]["ok"], report["trt_check"][precision]["summary"]
+        assert (directory / entry["file"]).is_file()
+
+    fp16 = onnx.load(str(directory / "model.fp16.onnx"))
+    io_types = {v.type.tensor_type.elem_type for v in list(fp16.graph.input) + list(fp16.graph.output)}
+    assert io_types == {TensorProto.FLOAT}, "FP16 artifacts keep FP32 inputs and outputs"
+    assert any(i.data_type == TensorProto.FLOAT16 for i in fp16.graph.initializer)
+
+    int8 = onnx.load(str(directory / "model.int8.onnx"))
+    assert _qdq_problems(int8) == []
+    assert report["precisions"]["int8"]["quantized_nodes"] > 0
+
+
+@pytest.mark.parametrize("name", ["cam", "danet"])
+def test_fp16_keeps_measured_attention_energies_in_fp32(export_cache, name):
+    """CAM's C x C energies exceed 512 on standard-normal inputs (TENSORRT.md)."""
+    kept = export_cache(name, **PRECISE).report["precisions"]["fp16"]["fp32_kept_nodes"]
+    ops = {k["op_type"] for k in kept}
+    assert {"MatMul", "Softmax"} <= ops, kept
+    assert all("activation magnitude" in k["reason"] for k in kept)
+    model = onnx.load(str(export_cache(name, **PRECISE).model_path.parent / "model.fp16.onnx"))
+    softmax = next(n for n in model.graph.node if n.name == next(
+        k["name"] for k in kept if k["op_type"] == "Softmax"))
+    vi = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert vi[softmax.output[0]].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_fp16_islands_prevent_overflow(tmp_path):
+    """At 256x256, CAM's energy diagonal (sum of x^2 over 65536 positions) passes FP16's
+    65504: converted without FP32 islands the output is Inf/NaN and the export fails with
+    no artifact; with the measured islands it passes."""
+    from onnx.reference import ReferenceEvaluator
+
+    common = dict(name="cam", channels=16, input_size=(256, 256), precisions=("fp16",),
+                  calib_count=4, verify_count=2)
+    with pytest.raises(ParityError, match="beyond the FP16 range"):
+        export_job(ExportConfig(out_dir=tmp_path / "none", fp16_threshold=1e9, **common))
+    assert not (tmp_path / "none" / "model.fp16.onnx").exists()
+    result = export_job(ExportConfig(out_dir=tmp_path / "kept", **common))
+    entry = result.report["precisions"]["fp16"]
+    assert entry["ok"] and entry["results"][0]["finite"] and entry["overflows"] == []
+    assert {"MatMul", "Softmax"} <= {k["op_type"] for k in entry["fp32_kept_nodes"]}
+    # numpy computes FP16 ops in FP16 (ONNX Runtime's CPU provider may not): still finite
+    x = seeded_inputs((1, 16, 256, 256))
+    model = onnx.load(str(result.model_path.parent / "model.fp16.onnx"))
+    assert np.isfinite(ReferenceEvaluator(model).run(None, {"input": x})[0]).all()
+
+
+def test_backbone_fp16(export_cache):
+    report = export_cache("mobilenetv2_ca", precisions=("fp16",), calib_count=8).report
+    r = report["precisions"]["fp16"]["results"][0]
+    assert r["cosine"] >= 0.9999 and r["top1_agreement"] == 1.0, r
+
+
+def test_int8_sensitivity_and_exclusions(tmp_path):
+    report = export_job(ExportConfig(name="cpca", out_dir=tmp_path, precisions=("int8",),
+                                     calib_count=8, sensitivity=True)).report
+    rows = report["precisions"]["int8"]["sensitivity"]
+    assert len(rows) == report["precisions"]["int8"]["quantized_nodes"]
+    assert rows == sorted(rows, key=lambda r: -r["gain"])
+    worst = rows[0]["node"]
+    excluded = export_job(ExportConfig(name="cpca", out_dir=tmp_path / "x", precisions=("int8",),
+                                       calib_count=8, exclude=(worst,))).report
+    assert excluded["precisions"]["int8"]["excluded_nodes"] == [worst]
+    with pytest.raises(ConfigError, match="not among the quantizable nodes"):
+        export_job(ExportConfig(name="cpca", out_dir=tmp_path / "y", precisions=("int8",),
+                                calib_count=8, exclude=("no_such_node",)))
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods(tmp_path, method):
+    report = export_job(ExportConfig(name="se", out_dir=tmp_path, precisions=("int8",),
+                                     calib_count=8, calib_method=method)).report
+    entry = report["precisions"]["int8"]
+    assert entry["method"] == method and entry["ok"]
+    assert "generated" in entry["calibration"]["source"]
+
+
+# --- bad input: one line, non-zero exit, no partial artifact -------------------------
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _png(path, mode, size=(40, 40)):
+    from PIL import Image
+    Image.new(mode, size, color=128 if mode == "L" else (10, 20, 30)).save(path)
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "channels"])
+def test_bad_calibration_folders(capsys, tmp_path, case):
+    folder = tmp_path / "calib"
+    if case != "missing":
+        folder.mkdir()
+    if case == "unreadable":
+        (folder / "a.png").write_bytes(b"not a png")
+    if case == "channels":
+        _png(folder / "rgb.png", "RGB")
+    out = tmp_path / "out"
+    code, err = _run(capsys, "export", "unet", "--input-size", "32", "32", "--precision", "int8",
+                     "--calib-dir", str(folder), "-o", str(out))
+    assert code == 1 and err[-1].startswith("deploy-attn: error:"), err
+    assert {"empty": "no .jpg", "missing": "does not exist", "unreadable": "not a readable image",
+            "channels": "1-channel input"}[case] in err[-1]
+    assert not (out / "model.int8.onnx").exists()
+
+
+def test_calibration_images_are_preprocessed(tmp_path):
+    _png(tmp_path / "a.png", "L", (16, 8))
+    data = image_folder(tmp_path, Preprocess((4, 4), 1, (0.5,), (0.5,)), 8)
+    assert data.inputs.shape == (1, 1, 4, 4)
+    np.testing.assert_allclose(data.inputs, (128 / 255 - 0.5) / 0.5, atol=1e-6)
+
+
+def test_precision_the_model_cannot_take(capsys, tmp_path):
+    code, err = _run(capsys, "export", "sa", "--precision", "int8", "-o", str(tmp_path))
+    assert code == 1 and "no Conv/ConvTranspose/Gemm/MatMul nodes to quantize" in err[-1], err
+    assert not (tmp_path / "model.int8.onnx").exists()
+    code, err = _run(capsys, "export", "se", "--precision", "int4", "-o", str(tmp_path / "b"))
+    assert code == 1 and "unknown precision int4" in err[-1]
+    code, err = _run(capsys, "export", "se", "--calib-dir", str(tmp_path), "--precision", "int8",
+                     "-o", str(tmp_path / "c"))
+    assert code == 1 and "feature maps, not images" in err[-1]
+
+
+def test_check_rejects_corrupt_and_foreign_files(capsys, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    code, err = _run(capsys, "check", str(bad), "--trt")
+    assert code == 1 and "not a readable ONNX model" in err[-1]
+    foreign = tmp_path / "foreign.onnx"
+    node = onnx.helper.make_node("Multinomial", ["x"], ["y"], name="sampler", sample_size=1)
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              str(foreign))
+    code, err = _run(capsys, "check", str(foreign), "--trt")
+    assert code == 1 and "sampler" in err[-1] and "Multinomial" in err[-1]
