@@ -20,16 +20,16 @@ class ChannelAttention(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
-                 act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
+                 act_layer: str = "relu", gate_layer: str = "sigmoid", bias: bool = False) -> None:
         super().__init__()
         hidden = reduced_width(channels, reduction, min_hidden)
         # deploy: the shared table swaps these pools for ReduceMean / ReduceMax.
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.max_pool = nn.AdaptiveMaxPool2d(1)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1, bias=False),
+            nn.Conv2d(channels, hidden, kernel_size=1, bias=bias),
             create_act(act_layer),
-            nn.Conv2d(hidden, channels, kernel_size=1, bias=False),
+            nn.Conv2d(hidden, channels, kernel_size=1, bias=bias),
         )
         self.gate = create_act(gate_layer)
 

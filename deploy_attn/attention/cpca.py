@@ -7,36 +7,26 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act, reduced_width, require
+from ..layers import create_act, require
 from ..registry import ATTENTION
+from .cbam import ChannelAttention
 
 
-class CPCAChannelAttention(nn.Module):
-    """CPCA's channel prior: ``x * (sigmoid(mlp(avg)) + sigmoid(mlp(max)))``, one shared
-    MLP of two biased 1x1 convs (unlike CBAM, each pooled path gets its own sigmoid).
-
-    Hidden width ``max(min_hidden, C // reduction)``: the seed's ``C // reduction`` is 0
-    below 16 channels, leaving zero-width convs.
+class CPCAChannelAttention(ChannelAttention):
+    """CPCA's channel prior: ``x * (sigmoid(mlp(avg)) + sigmoid(mlp(max)))``: CBAM's
+    channel attention with biased 1x1 convs and a gate on each pooled path instead of one
+    on their sum. Hidden width ``max(min_hidden, C // reduction)``: the seed's
+    ``C // reduction`` is 0 below 16 channels, leaving zero-width convs.
     """
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
                  act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
-        super().__init__()
-        hidden = reduced_width(channels, reduction, min_hidden)
-        # deploy: the shared table swaps these pools for ReduceMean / ReduceMax.
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.max_pool = nn.AdaptiveMaxPool2d(1)
-        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
-        self.act = create_act(act_layer)
-        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
-        self.gate = create_act(gate_layer)
-
-    def _branch(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.fc2(self.act(self.fc1(pooled))))
+        super().__init__(channels, reduction, min_hidden, act_layer, gate_layer, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The seed's view(-1, C, 1, 1) on an already [N, C, 1, 1] tensor is dropped.
-        return x * (self._branch(self.avg_pool(x)) + self._branch(self.max_pool(x)))
+        avg = self.gate(self.mlp(self.avg_pool(x)))
+        return x * (avg + self.gate(self.mlp(self.max_pool(x))))
 
 
 class CPCA(nn.Module):
