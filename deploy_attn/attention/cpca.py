@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act, require
+from ..layers import require
 from ..registry import ATTENTION
 from .cbam import ChannelAttention
 
