@@ -79,17 +79,50 @@ def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
     return (arr - mean) / std
 
 
-def image_folder(folder: str | Path, pre: Preprocess, count: int) -> CalibData:
-    """Up to ``count`` images (sorted by name) from ``folder``, preprocessed."""
-    folder = Path(folder)
+def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: calibration folder does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ArtifactError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate with")
-    files = files[:count]
+    return files
+
+
+def _split(files: list[Path], count: int) -> tuple[list[Path], list[Path]]:
+    """Calibration files spread evenly over the sorted folder (a folder sorted by class
+    would otherwise calibrate on its first classes only), and the rest."""
+    if count >= len(files):
+        return files, []
+    picked = set(np.linspace(0, len(files) - 1, count).round().astype(int).tolist())
+    return ([f for i, f in enumerate(files) if i in picked],
+            [f for i, f in enumerate(files) if i not in picked])
+
+
+def _load(files: list[Path], pre: Preprocess, what: str, folder: Path) -> CalibData:
     inputs = np.stack([_load_image(p, pre) for p in files]).astype(np.float32)
-    return CalibData(inputs, f"images: {folder} ({len(files)} files)", pre)
+    return CalibData(inputs, f"images: {folder} ({len(files)} files, {what})", pre)
+
+
+def image_folder(folder: str | Path, pre: Preprocess, count: int) -> CalibData:
+    """``count`` images from ``folder`` (spread over its sorted names), preprocessed."""
+    folder = Path(folder)
+    return _load(_split(_images(folder), count)[0], pre, "calibration", folder)
+
+
+def verification_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | Path | None,
+                      calib_count: int, count: int) -> CalibData:
+    """Inputs for the FP16/INT8 checks: images of the calibration folder that calibration
+    did not use (real data in the range calibration saw), else the seeded set, which is
+    disjoint from the generated calibration set."""
+    pre = default_preprocess(spec, shape)
+    if calib_dir is not None and pre is not None:
+        held_out = _split(_images(Path(calib_dir)), calib_count)[1]
+        if held_out:
+            step = max(1, len(held_out) // count)
+            return _load(held_out[::step][:count], pre, "held out from calibration",
+                         Path(calib_dir))
+    return CalibData(seeded_inputs((count,) + tuple(shape[1:])),
+                     "generated: seeded standard normal (seed 1234), not real data", pre)
 
 
 def calibration_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | Path | None,

@@ -173,7 +173,7 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
                      report: dict, progress: Callable[[str], None]) -> str | None:
     """Write model.<precision>.onnx if it meets its threshold; return a failure message
     otherwise (the artifact is then removed)."""
-    from .calib import calibration_data
+    from .calib import calibration_data, verification_data
     from .parity import TOLERANCES, ort_outputs, ort_session
     from .precision import (auto_exclude, convert_fp16, cosine_scorer, int8_sensitivity,
                             quantize_int8)
@@ -182,7 +182,8 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
     dst = out / artifact_name(precision)
     tol = TOLERANCES[precision]
     calib = calibration_data(spec, shape, cfg.calib_dir, cfg.calib_count)
-    x = seeded_inputs((cfg.verify_count,) + tuple(shape[1:]))  # disjoint from calibration
+    verify = verification_data(spec, shape, cfg.calib_dir, cfg.calib_count, cfg.verify_count)
+    x = verify.inputs  # disjoint from the calibration inputs
     ref = torch_outputs(reference, x)
     staged = tmp / dst.name
     details: dict = {}
@@ -204,12 +205,12 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
                 progress(f"int8 --exclude auto: {len(exclude)} node(s) left FP32")
         details.update(quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method,
                                      exclude, cache_dir=tmp).details)
-    progress(f"{precision}: parity vs PyTorch FP32 on {cfg.verify_count} inputs")
+    progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
     result = compare(ort_outputs(ort_session(staged), x), ref, tol,
                      classifier=spec.num_classes is not None)
     overflows = details.get("overflows", [])
     entry = {"file": dst.name, "tolerance": asdict(tol), "results": [result.as_dict()],
-             "ok": result.ok and not overflows, **details}
+             "ok": result.ok and not overflows, "verification": verify.as_dict(), **details}
     report.setdefault("precisions", {})[precision] = entry
     if overflows:
         dst.unlink(missing_ok=True)
