@@ -51,12 +51,14 @@ def create_model(name: str, *, channels: int | None = None,
         model = build(spec, channels=channels, input_size=input_size, **kwargs)
     seeded_init(model, seed)
     if spec.kind == "backbone":
-        recalibrate_bn(model, spec.input_shape(8, channels, input_size), seed)
+        recalibrate_bn(model, spec.input_shape(8, channels, input_size), seed,
+                       classifier=spec.num_classes is not None)
     return model.eval()
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4) -> None:
+def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4,
+                   classifier: bool = False) -> None:
     """Re-estimate BatchNorm statistics on seeded random batches, so a network with
     generated weights has activations in realistic ranges instead of vanishing or
     exploding through depth (parity on such a network would prove nothing)."""
@@ -75,7 +77,7 @@ def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches:
         bn.momentum = 0.1
     model.eval()
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if head:
+    if classifier and head:
         _standardize_logits(model, head[-1], calib)
 
 

@@ -63,6 +63,7 @@ def register_backbone(name: str, builder: Callable[..., nn.Module], *, sites: Si
 
 
 RESIDUAL_GAMMA = 0.2
+_ZOO = "deploy_attn.attention"
 
 
 def damp_residual(bn: nn.BatchNorm2d, gamma: float = RESIDUAL_GAMMA) -> None:
@@ -74,8 +75,15 @@ def damp_residual(bn: nn.BatchNorm2d, gamma: float = RESIDUAL_GAMMA) -> None:
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """He init for convs, unit BN, small normal for classifiers (torchvision's scheme)."""
+    """He init for the backbone's convs, unit BN, small normal for classifiers
+    (torchvision's scheme). Attention modules keep their own initialisation: fan-out He
+    init on e.g. GCNet's C -> 1 context conv gives weights of std sqrt(2), spatial
+    softmax logits of std ~60 at 2048 channels, and a near one-hot, chaotic attention."""
+    inside = {id(sub) for m in model.modules() if type(m).__module__.startswith(_ZOO)
+              for sub in m.modules()}
     for m in model.modules():
+        if id(m) in inside:
+            continue
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
