@@ -171,6 +171,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .pipeline.bench import bench
+    from .registry import get_spec
+
+    get_spec(args.name)
+    result = bench(args.name, args.backends, batch=args.batch, threads=args.threads,
+                   runs=args.runs, warmup=args.warmup, export_root=args.root,
+                   progress=True, save=args.save)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .pipeline.report import write_report
+
+    if bool(args.names) == args.all:
+        raise DeployAttnError("name the models to report, or pass --all (not both)")
+    md, page = write_report(None if args.all else args.names, args.root, args.output)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
@@ -233,6 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--workspace", type=int, metavar="MIB", help="builder workspace (default 4096)")
     bd.add_argument("--calib-dir", type=Path, help="when exporting INT8 first: calibration images")
     bd.set_defaults(func=cmd_build)
+
+    from .pipeline.bench import DEFAULT_BACKENDS
+
+    bn = sub.add_parser("bench", help="latency per backend (PyTorch, ONNX Runtime, TensorRT)")
+    bn.add_argument("name", help="registry name")
+    bn.add_argument("--backends", type=_csv, default=list(DEFAULT_BACKENDS),
+                    help=f"comma list (default {','.join(DEFAULT_BACKENDS)}; also ort-int8-cpu)")
+    bn.add_argument("--batch", type=int, default=1)
+    bn.add_argument("--threads", type=int, default=2)
+    bn.add_argument("--runs", type=int, default=50)
+    bn.add_argument("--warmup", type=int, default=10)
+    bn.add_argument("--root", type=Path, default=Path("export"), help="export root (default export/)")
+    bn.add_argument("--save", action="store_true", help="write export/NAME/bench.json for the report")
+    bn.add_argument("--json", action="store_true")
+    bn.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="report.md + report.html (plots embedded) of the exports")
+    rp.add_argument("names", nargs="*", help="models to include")
+    rp.add_argument("--all", action="store_true", help="every model exported under --root")
+    rp.add_argument("--root", type=Path, default=Path("export"), help="export root (default export/)")
+    rp.add_argument("-o", "--output", type=Path, default=Path("export"), help="output directory")
+    rp.set_defaults(func=cmd_report)
 
     ea = sub.add_parser("export-all", help="export and check every registered model (or a pattern)")
     ea.add_argument("pattern", nargs="?", default="*", help="shell-style filter")

@@ -115,12 +115,13 @@ Exported = tuple[ExportConfig, ExportResult, list[tuple[float, str]]]
 @pytest.fixture(scope="session")
 def exported(checkpoint, digit_sets, tmp_path_factory) -> Exported:
     """The real export job on the checkpoint: config, result, (seconds, stage) progress."""
-    # The job verifies FP16/INT8 on training images calibration did not use (real data in
-    # the range calibration saw); the fully quantized model must pass as it is.
+    # The job verifies FP16/INT8 on 32 training images calibration did not use (real data
+    # in the range calibration saw). exclude=("auto",): the job leaves the most sensitive
+    # nodes FP32 until INT8 meets its cosine threshold; they are listed in the figures.
     cfg = ExportConfig(name=NAME, out_dir=tmp_path_factory.mktemp("digits-export"), channels=1,
                        input_size=SIZE, num_classes=CLASSES, weights=checkpoint,
                        precisions=("fp16", "int8"), calib_dir=digit_sets["train"].folder,
-                       calib_count=CALIB_COUNT)
+                       calib_count=CALIB_COUNT, verify_count=32, exclude=("auto",))
     t0 = time.perf_counter()
     stages: list[tuple[float, str]] = []
     with _one_thread():

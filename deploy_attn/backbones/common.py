@@ -63,7 +63,6 @@ def register_backbone(name: str, builder: Callable[..., nn.Module], *, sites: Si
 
 
 RESIDUAL_GAMMA = 0.2
-_ZOO = "deploy_attn.attention"
 
 
 def damp_residual(bn: nn.BatchNorm2d, gamma: float = RESIDUAL_GAMMA) -> None:
@@ -75,17 +74,16 @@ def damp_residual(bn: nn.BatchNorm2d, gamma: float = RESIDUAL_GAMMA) -> None:
 
 
 def kaiming_init(model: nn.Module) -> None:
-    """He init for the backbone's convs, unit BN, small normal for classifiers
-    (torchvision's scheme). Attention modules keep their own initialisation: fan-out He
-    init on e.g. GCNet's C -> 1 context conv gives weights of std sqrt(2), spatial
-    softmax logits of std ~60 at 2048 channels, and a near one-hot, chaotic attention."""
-    inside = {id(sub) for m in model.modules() if type(m).__module__.startswith(_ZOO)
-              for sub in m.modules()}
+    """He init for convs, unit BN, small normal for classifiers (torchvision's scheme).
+
+    Fan-out He init assumes many output channels; a conv with one output channel (a
+    spatial logit map, e.g. GCNet's C -> 1 context conv) would get weights of std sqrt(2),
+    softmax logits of std ~60 at 2048 channels and a near one-hot, chaotic attention, so
+    those use fan-in."""
     for m in model.modules():
-        if id(m) in inside:
-            continue
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            mode = "fan_in" if m.out_channels == 1 else "fan_out"
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):

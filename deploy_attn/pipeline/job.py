@@ -25,7 +25,7 @@ from .simplify import simplify_onnx
 DEFAULT_ROOT = Path("export")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # int8-cpu: ONNX Runtime CPU only
 
 
 def artifact_name(precision: str) -> str:
@@ -190,6 +190,11 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
     if precision == "fp16":
         progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
         details = convert_fp16(out / MODEL_FILE, staged, calib, cfg.fp16_threshold).details
+    elif precision == "int8-cpu":
+        from .cpu_int8 import quantize_int8_cpu
+
+        progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
+        details = quantize_int8_cpu(out / MODEL_FILE, staged, calib, cfg.calib_method).details
     else:
         exclude = tuple(cfg.exclude)
         progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
@@ -224,7 +229,8 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
                 f"finite {result.finite}; see {out / REPORT_FILE}")
     staged.replace(dst)
     report["files"][precision] = dst.name
-    report.setdefault("trt_check", {})[precision] = _trt_check(dst)
+    if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
+        report.setdefault("trt_check", {})[precision] = _trt_check(dst)
     return None
 
 

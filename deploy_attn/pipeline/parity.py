@@ -27,7 +27,7 @@ class Tolerance:
 FP32 = Tolerance()
 FP16 = Tolerance(min_cosine=0.9999)
 INT8 = Tolerance(min_cosine=0.99)
-TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8}
+TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8, "int8-cpu": INT8}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,117 @@
+"""What the benchmark scripts share: options, cached artifacts, interleaved timing, tables.
+
+Artifacts go to ``export/.bench/<source hash>/NAME`` (the hash covers the package sources
+and torch's version, so a code change never reuses a stale graph); ``export/`` itself, the
+user's export root, is not touched.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+import deploy_attn
+from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table,
+                                        interleaved_times, torch_threads)
+from deploy_attn.pipeline.calib import calibration_data
+from deploy_attn.pipeline.job import ExportConfig, export_job
+from deploy_attn.pipeline.parity import INT8, compare, ort_outputs, ort_session, seeded_inputs
+from deploy_attn.registry import get_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CALIB_COUNT = 32
+
+
+def parser(description: str, runs: int = 40) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--runs", type=int, default=runs, help=f"timed runs per peer (default {runs})")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per peer first")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads, every runtime")
+    p.add_argument("--work", type=Path, default=REPO / "export" / ".bench",
+                   help="artifact cache root (default export/.bench)")
+    return p
+
+
+def work_dir(root: Path) -> Path:
+    digest = hashlib.sha256(__import__("torch").__version__.encode())
+    for source in sorted((REPO / "deploy_attn").rglob("*.py")):
+        digest.update(source.read_bytes())
+    return root / digest.hexdigest()[:12]
+
+
+def log(msg: str) -> None:
+    print(f"  - {msg}", file=sys.stderr, flush=True)
+
+
+def exported(name: str, work: Path) -> Path:
+    """The FP32 deploy graph of ``name`` (our rewrites + onnxsim), exported once."""
+    directory = work / name
+    if not (directory / "model.onnx").is_file():
+        log(f"export {name}")
+        export_job(ExportConfig(name=name, out_dir=directory))
+    return directory / "model.onnx"
+
+
+def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
+    """Both INT8 forms of ``name`` with their cosine to PyTorch on 8 seeded inputs:
+    {'int8': TensorRT-form Q/DQ, 'int8-cpu': the ONNX Runtime CPU form}."""
+    from deploy_attn.pipeline.cpu_int8 import quantize_int8_cpu
+    from deploy_attn.pipeline.precision import quantize_int8
+
+    src = exported(name, work)
+    spec = get_spec(name)
+    shape = spec.input_shape()
+    calib = None
+    x = seeded_inputs((8,) + shape[1:])
+    ref = reference_outputs(name, x)
+    out = {}
+    for precision, fn in (("int8", quantize_int8), ("int8-cpu", quantize_int8_cpu)):
+        dst = src.parent / f"model.{precision}.onnx"
+        if not dst.is_file():
+            log(f"quantize {name} {precision}")
+            calib = calib or calibration_data(spec, shape, None, CALIB_COUNT)
+            fn(src, dst, calib)
+        y = ort_outputs(ort_session(dst), x)
+        out[precision] = (dst, compare(y, ref, INT8).cosine)
+    return out
+
+
+def reference_outputs(name: str, x: np.ndarray) -> np.ndarray:
+    from deploy_attn.pipeline.parity import torch_outputs
+
+    return torch_outputs(deploy_attn.create_model(name), x)
+
+
+def measure(fns: Mapping[str, Callable[[], Any]], args: argparse.Namespace) -> dict[str, float]:
+    """Median ms of each peer, timed interleaved in one loop."""
+    with torch_threads(args.threads):
+        times = interleaved_times(fns, args.runs, args.warmup)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def header(title: str, args: argparse.Namespace) -> None:
+    env = environment()
+    print(f"# {title}")
+    print(f"{env['cpu']} ({', '.join(env['cpu_flags'])}), {env['usable_cores']} usable cores, "
+          f"load average {' '.join(map(str, env['load_average']))}; "
+          + ", ".join(f"{k} {env['versions'].get(k)}" for k in ("torch", "onnxruntime", "onnx")))
+    print(f"{args.threads} thread(s) per runtime, median of {args.runs} interleaved runs "
+          f"(rounds of {SETTLE_S:g} s untimed settling + {BLOCK} timed runs per peer) after "
+          f"{args.warmup} warm-up; ONNX Runtime CPU, ORT_ENABLE_ALL, inter-op 1, sequential.\n")
+
+
+def footer(t0: float) -> None:
+    import os
+
+    print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"{time.perf_counter() - t0:.0f} s")
+
+
+def print_table(header_: list[str], rows: list[list[Any]]) -> None:
+    print(format_table(header_, rows))

@@ -1,0 +1,530 @@
+"""Stage: exported artifacts -> latency per backend (PyTorch eager, ONNX Runtime CPU at each
+precision, TensorRT where it can run), measured interleaved on one input batch.
+
+Backends are timed round-robin (one run of each per round), so drift on a shared machine
+(another job, clock changes) hits all of them alike; medians and p90 are reported, and
+absolute times are kept beside the ratios. A backend that cannot run here (TensorRT
+without a GPU, an artifact whose precision failed its parity check) is listed as skipped
+with the reason, never given a number.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError, DeployAttnError
+from ..registry import get_spec
+from .artifacts import library_versions, write_json
+from .parity import seeded_inputs
+
+BENCH_FILE = "bench.json"  # beside report.json when bench(save=True)
+# backend -> the precision of the artifact it runs (None: the PyTorch reference module)
+BACKENDS: dict[str, str | None] = {
+    "torch": None,
+    "ort-fp32": "fp32", "ort-fp16": "fp16", "ort-int8": "int8",
+    "ort-int8-cpu": "int8-cpu",  # the CPU-tuned INT8 variant (cpu_int8.py), not a TensorRT input
+    "trt-fp32": "fp32", "trt-fp16": "fp16", "trt-int8": "int8",
+}
+BLOCK = 10  # timed calls per backend per round
+SETTLE_S = 0.25  # untimed running before each block (see interleaved_times)
+DEFAULT_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
+
+
+# --- timing ----------------------------------------------------------------------------
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: int,
+                      step: Callable[[str], None] | None = None, block: int = BLOCK,
+                      settle_s: float = SETTLE_S) -> dict[str, list[float]]:
+    """Milliseconds per call of each function: ``warmup`` untimed calls each, then rounds
+    in which each function in turn runs untimed for ``settle_s`` seconds (at least once)
+    and then makes up to ``block`` timed calls (A, B, C, A, B, C, ... in blocks), until
+    each has ``runs`` timings.
+
+    deploy: the settling absorbs what the previous runtime leaves behind. ONNX Runtime's
+    and OpenMP's worker threads keep spinning for tens of milliseconds after their last
+    run; on a 2-core machine they take the core the next runtime's worker needs, and its
+    first 3 to 7 runs after a switch took 2-3x its steady time (measured with MobileNetV2,
+    6.5 ms steady). One settling call was not enough; 0.25 s is. Without it, whichever
+    peer follows the slowest one in the round looks fastest."""
+    if runs < 1 or warmup < 0 or block < 1:
+        raise ConfigError(f"runs {runs} and block {block} must be >= 1, warmup {warmup} >= 0")
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+            if step:
+                step(name)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while any(len(t) < runs for t in times.values()):
+        for name, fn in fns.items():
+            n = min(block, runs - len(times[name]))
+            if n and len(fns) > 1:
+                until = time.perf_counter() + settle_s
+                fn()
+                while time.perf_counter() < until:
+                    fn()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                if step:
+                    step(name)
+    return times
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # samples per second at the median
+
+    @classmethod
+    def of(cls, times_ms: Sequence[float], batch: int) -> "Latency":
+        t = np.asarray(times_ms, dtype=np.float64)
+        median = float(np.median(t))
+        return cls(median, float(np.percentile(t, 90)), float(t.mean()), float(t.min()),
+                   batch * 1e3 / median)
+
+
+# --- the environment the numbers belong to --------------------------------------------
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide ONNX Runtime's INT8 and FP32 kernels."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    return []
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.cuda.current_device())
+
+
+def environment() -> dict:
+    """CPU, cores, load, GPU and library versions: what a latency number depends on."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+            "usable_cores": usable, "load_average": [round(v, 2) for v in os.getloadavg()],
+            "gpu": gpu_name(), "platform": platform.platform(), "versions": library_versions()}
+
+
+# --- runners -----------------------------------------------------------------------------
+def ort_options(threads: int) -> dict:
+    """The session options every ONNX Runtime backend uses (stated in the result)."""
+    return {"provider": "CPUExecutionProvider", "graph_optimization_level": "ORT_ENABLE_ALL",
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL"}
+
+
+def ort_bench_session(path: str | Path, threads: int):
+    """An ONNX Runtime CPU session as a deployment would configure it: every graph
+    optimisation (fusions, NCHWc layouts, Q/DQ -> QLinear ops), a fixed intra-op thread
+    count, no inter-op parallelism."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+
+
+def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
+    session = ort_bench_session(path, threads)
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch.set_num_threads for the block, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def torch_runner(model, x: np.ndarray) -> Callable[[], Any]:
+    """Eager PyTorch under inference_mode (call inside ``torch_threads``)."""
+    import torch
+
+    model = model.eval()
+    xt = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return model(xt)
+
+    return run
+
+
+@contextlib.contextmanager
+def trt_runner(engine_path: Path, x: np.ndarray) -> Iterator[Callable[[], Any]]:
+    """A TensorRT engine run through Polygraphy's TrtRunner: host input -> device ->
+    host output, as an application calling it from NumPy would (copies included)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
+        name = next(iter(runner.get_input_metadata()))
+        feed = {name: x}
+        yield lambda: runner.infer(feed)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table, columns padded to their widest cell (the last one is not)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    widths[-1] = 0
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * max(w, len(h)) for h, w in zip(header, widths)))
+    return "\n".join(lines)
+
+
+# --- the result -------------------------------------------------------------------------
+@dataclass
+class BackendResult:
+    backend: str
+    status: str  # "ok" or "skipped"
+    precision: str | None = None
+    artifact: str | None = None
+    reason: str | None = None  # why it was skipped
+    latency: Latency | None = None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["latency"] = asdict(self.latency) if self.latency else None
+        return d
+
+
+@dataclass
+class BenchResult:
+    name: str
+    batch: int
+    threads: int
+    runs: int
+    warmup: int
+    input_shape: list[int]
+    backends: list[BackendResult]
+    ort_options: dict
+    torch_options: dict
+    method: str
+    environment: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["backends"] = [b.as_dict() for b in self.backends]
+        return d
+
+    def table(self) -> str:
+        """The latency table and the settings it was measured with."""
+        d = self.as_dict()
+        return format_table(*latency_table(d)) + "\n" + settings_line(d)
+
+
+def latency_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a bench result (as_dict form): median, p90, mean, throughput and
+    speed-up over eager PyTorch (or the first measured backend); skipped rows say why."""
+    timed = [b for b in result["backends"] if b.get("latency")]
+    base = next((b for b in timed if b["backend"] == "torch"), timed[0] if timed else None)
+    rows = []
+    for b in result["backends"]:
+        lat = b.get("latency")
+        if not lat:
+            rows.append([b["backend"], "skipped", "", "", "", "", b.get("reason") or ""])
+            continue
+        rows.append([b["backend"], f"{lat['median_ms']:.3f}", f"{lat['p90_ms']:.3f}",
+                     f"{lat['mean_ms']:.3f}", f"{lat['throughput']:.1f}",
+                     f"{base['latency']['median_ms'] / lat['median_ms']:.2f}x",
+                     b.get("artifact") or ""])
+    header = ["backend", "median ms", "p90 ms", "mean ms", "samples/s",
+              f"vs {base['backend'] if base else '-'}", "artifact / reason skipped"]
+    return header, rows
+
+
+def settings_line(result: dict) -> str:
+    """What a bench result was measured with, in one paragraph."""
+    o, env = result.get("ort_options", {}), result.get("environment", {})
+    return (f"{result['name']} {'x'.join(map(str, result['input_shape']))}, "
+            f"{result['threads']} thread(s), {result['runs']} runs after {result['warmup']} "
+            f"warm-up, {result.get('method', '')}. ONNX Runtime {o.get('provider')}, "
+            f"{o.get('graph_optimization_level')}, intra-op {o.get('intra_op_num_threads')}, "
+            f"inter-op {o.get('inter_op_num_threads')}, {o.get('execution_mode')}. "
+            f"{env.get('cpu', '?')} ({env.get('usable_cores', '?')} usable cores, load average "
+            f"{' '.join(map(str, env.get('load_average', [])))})"
+            f"{', GPU ' + env['gpu'] if env.get('gpu') else ', no GPU'}.")
+
+
+# --- progress -------------------------------------------------------------------------
+class ProgressBar:
+    """A one-line text bar on stderr, redrawn at most every 0.1 s (new lines when stderr
+    is not a terminal, at most one per 10 %)."""
+
+    def __init__(self, total: int, label: str, stream=None, width: int = 30) -> None:
+        self.total, self.label, self.width = max(total, 1), label, width
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self._last = 0.0
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._decile = -1
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self._tty and (now - self._last >= 0.1 or self.done == self.total):
+            self._last = now
+            self.stream.write("\r" + self._line(note) + "\x1b[K")
+            self.stream.flush()
+        elif not self._tty and self.done * 10 // self.total > self._decile:
+            self._decile = self.done * 10 // self.total
+            self.stream.write(self._line(note) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _line(self, note: str) -> str:
+        filled = self.width * self.done // self.total
+        return (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{self.done}/{self.total} {note}")
+
+
+# --- the stage ------------------------------------------------------------------------
+def _noop(msg: str) -> None:
+    pass
+
+
+def _message(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda msg: print(f"  - {msg}", file=sys.stderr, flush=True)
+    return _noop
+
+
+def check_backends(backends: Sequence[str]) -> list[str]:
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend {', '.join(unknown)}; choose from "
+                          f"{', '.join(BACKENDS)}")
+    if not backends:
+        raise ConfigError("no backend to benchmark")
+    return list(dict.fromkeys(backends))
+
+
+def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory: Path,
+                     say: Callable[[str], None]) -> tuple[dict, dict[str, str]]:
+    """The export report of ``directory`` and, per wanted precision, why its artifact is
+    unavailable (empty when all are there). Missing precisions are exported first
+    (with the settings of the existing export, or a dynamic batch when batch > 1 and
+    there is none yet); a precision that fails its parity check is a reason, not an error.
+    A batch > 1 against a fixed-batch export is a ConfigError: re-export it."""
+    from .job import ExportConfig, config_from_report, export_job, read_report
+
+    report_path = directory / "report.json"
+    if report_path.is_file():
+        report = read_report(directory)
+        cfg = config_from_report(report, directory)
+        fixed = report["input_shape"][0] if not cfg.dynamic_batch else None
+        if fixed is not None and fixed != batch:
+            raise ConfigError(
+                f"{directory} holds a fixed-batch export (batch {fixed}), so batch {batch} "
+                f"cannot run on it; re-export with 'deploy-attn export {name} -o {directory} "
+                "--dynamic-batch' (or bench --batch 1)")
+    else:
+        report = None
+        cfg = ExportConfig(name=name, out_dir=directory, dynamic_batch=batch > 1)
+
+    def have() -> set[str]:
+        files = (report or {}).get("files", {})
+        return {p for p, f in files.items() if (directory / f).is_file()}
+
+    reasons: dict[str, str] = {}
+    for p, entry in ((report or {}).get("precisions") or {}).items():
+        if p in precisions and not entry.get("ok", True):  # failed before: say so, don't redo
+            r = (entry.get("results") or [{}])[0]
+            reasons[p] = (f"the {p} artifact failed its parity check in the last export "
+                          f"(cosine {r.get('cosine', float('nan')):.4f}, need >= "
+                          f"{entry.get('tolerance', {}).get('min_cosine')}); see {report_path}")
+    while True:
+        missing = [p for p in precisions if p not in have() and p not in reasons]
+        if not missing:
+            return report, reasons
+        keep = sorted(have() - {"fp32"})
+        # fp16 before int8: the job stops at the first precision that fails its check
+        order = [p for p in ("fp16", "int8", "int8-cpu") if p in set(missing) | set(keep)]
+        say(f"export {name} -> {directory} ({', '.join(['fp32'] + order)}): "
+            f"{', '.join(missing)} missing")
+        stamp = report_path.stat().st_mtime_ns if report_path.is_file() else None
+        try:
+            export_job(ExportConfig(**{**cfg.__dict__, "precisions": tuple(order)}), say)
+        except DeployAttnError as exc:
+            if not report_path.is_file() or report_path.stat().st_mtime_ns == stamp:
+                raise  # failed before exporting anything: not a precision's failure
+            report = read_report(directory)
+            absent = [p for p in ["fp32"] + order if p not in have()]
+            if not absent:
+                raise
+            reasons[absent[0]] = f"export failed: {exc}"
+            if absent[0] == "fp32":  # nothing else can be exported
+                reasons.update({p: reasons["fp32"] for p in precisions})
+        else:
+            report = read_report(directory)
+
+
+def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
+          threads: int = 2, runs: int = 50, warmup: int = 10,
+          export_root: str | Path = Path("export"),
+          progress: bool | Callable[[str], None] = False, save: bool = False) -> BenchResult:
+    """Latency of ``name`` on each backend at ``batch``, measured interleaved.
+
+    Artifacts come from ``export_root/name`` (exported first where missing). ``progress``
+    True draws a bar on stderr (a callable receives the step messages instead, and the
+    bar is drawn too). ``save`` writes the result to ``export_root/name/bench.json``."""
+    from .engine import TensorRTUnavailable, require_tensorrt
+    from .job import artifact_name, config_from_report, reference_model
+
+    backends = check_backends(backends)
+    for label, value, least in (("--batch", batch, 1), ("--threads", threads, 1),
+                                ("--runs", runs, 1), ("--warmup", warmup, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{label} {value} must be an integer >= {least}")
+    say = _message(progress)
+    t0 = time.perf_counter()
+    directory = Path(export_root) / name
+    results = {b: BackendResult(b, "skipped", BACKENDS[b]) for b in backends}
+
+    # TensorRT first: no export work for a backend that cannot run here
+    for b in backends:
+        if b.startswith("trt-"):
+            try:
+                require_tensorrt(name, BACKENDS[b])
+            except TensorRTUnavailable as exc:
+                results[b].reason = str(exc)
+    wanted = sorted({BACKENDS[b] for b in backends if BACKENDS[b] and not results[b].reason},
+                    key=list(BACKENDS.values()).index)
+    if all(r.reason for r in results.values()):  # nothing can run here: export nothing
+        shape = list(get_spec(name).input_shape(batch))
+        return _result(name, batch, threads, runs, warmup, shape, results, {}, t0, directory,
+                       save)
+    report, reasons = ensure_artifacts(name, ["fp32"] + wanted, batch, directory, say)
+    for b in backends:
+        p = BACKENDS[b]
+        if p and not results[b].reason and p in reasons:
+            results[b].reason = reasons[p]
+
+    cfg = config_from_report(report, directory)
+    shape = [batch] + list(report["input_shape"][1:])
+    x = seeded_inputs(shape)
+    runners: dict[str, Callable[[], Any]] = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_threads(threads))
+        for b in backends:
+            r = results[b]
+            if r.reason:
+                continue
+            if b == "torch":
+                say(f"torch: eager reference module, {threads} thread(s), inference_mode")
+                runners[b] = torch_runner(reference_model(cfg), x)
+                continue
+            r.artifact = artifact_name(r.precision)
+            if b.startswith("ort-"):
+                say(f"{b}: ONNX Runtime session for {r.artifact}")
+                runners[b] = ort_runner(directory / r.artifact, x, threads)
+                continue
+            try:
+                engine = _engine(directory, r.precision, batch, say)
+                r.artifact = engine.name
+                runners[b] = stack.enter_context(trt_runner(engine, x))
+            except DeployAttnError as exc:  # e.g. an engine built for another GPU
+                r.reason = str(exc)
+        bar = None
+        if runners and progress:
+            bar = ProgressBar(len(runners) * (runs + warmup), f"bench {name}")
+        try:
+            times = interleaved_times(runners, runs, warmup, bar.step if bar else None)
+        finally:
+            if bar:
+                bar.close()
+    for b, t in times.items():
+        results[b].status = "ok"
+        results[b].latency = Latency.of(t, batch)
+    return _result(name, batch, threads, runs, warmup, shape, results, times, t0, directory,
+                   save)
+
+
+def _engine(directory: Path, precision: str, batch: int, say: Callable[[str], None]) -> Path:
+    """The TensorRT engine of an export, built first when missing; refused when its
+    sidecar says it belongs to another TensorRT or GPU."""
+    from .engine import (DEFAULT_BATCH_RANGE, EngineConfig, build_engine, check_sidecar,
+                         current_environment, engine_path_for, onnx_input)
+    from .job import artifact_name
+
+    engine = engine_path_for(directory, precision)
+    if not engine.is_file():
+        onnx_path = directory / artifact_name(precision)
+        dynamic = onnx_input(onnx_path)[1] is None
+        options = {"opt_batch": batch, "max_batch": max(batch, DEFAULT_BATCH_RANGE[2])} \
+            if dynamic else {}
+        say(f"trt-{precision}: building {engine.name}")
+        build_engine(onnx_path, engine, EngineConfig.from_onnx(onnx_path, precision, **options),
+                     say)
+    check_sidecar(engine, current_environment(directory.name, precision))
+    return engine
+
+
+def _result(name, batch, threads, runs, warmup, shape, results, times, t0, directory,
+            save) -> BenchResult:
+    import torch
+
+    result = BenchResult(
+        name=name, batch=batch, threads=threads, runs=runs, warmup=warmup, input_shape=shape,
+        backends=list(results.values()), ort_options=ort_options(threads),
+        torch_options={"num_threads": threads, "mode": "eager, torch.inference_mode",
+                       "module": "reference (before deploy rewrites)",
+                       "interop_threads": torch.get_num_interop_threads()},
+        method=f"interleaved: rounds of {SETTLE_S:g} s untimed settling + {BLOCK} timed runs "
+               "per backend, seeded input",
+        environment=environment(), seconds=round(time.perf_counter() - t0, 2))
+    if save:
+        write_json(directory / BENCH_FILE, result.as_dict())
+    return result

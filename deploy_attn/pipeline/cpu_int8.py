@@ -1,0 +1,129 @@
+"""Stage: FP32 ONNX -> a CPU-tuned INT8 Q/DQ ONNX (``int8-cpu``) for ONNX Runtime on x86.
+
+Not a TensorRT input: the TensorRT form (precision.quantize_int8: symmetric INT8
+activations, Q/DQ only on the inputs of Conv/Gemm/MatMul) runs *slower* than FP32 on ONNX
+Runtime's CPU provider, because ORT only replaces a Q/DQ group by an integer kernel when
+the whole group is quantized, ``DQ -> op -> Q``:
+
+* Conv outputs carry no Q in the TensorRT form, so ORT cannot form ``QLinearConv``: every
+  conv stays FP32, and each Q/DQ pair (plus a DequantizeLinear of every weight, per run)
+  is an extra pass over memory. MobileNetV2: 151 DequantizeLinear and 51 QuantizeLinear
+  left after ORT's optimiser, 2 of 52 convs integer.
+* With the conv output quantized but activations symmetric (zero point 0 in INT8), the
+  ``ReLU6`` (Clip 0..6) between a conv and its Q cannot be folded into the Q (the Q still
+  represents negatives), so ORT keeps float Clips and NHWC<->NCHW Transposes around them.
+* With asymmetric UINT8 activations (zero point at 0 after a ReLU6) the Clip is exactly
+  the Q's saturation and is removed; every Conv, Add, Concat, Gemm becomes a QLinear*
+  kernel (U8S8, AVX512-VNNI where present) and the graph stays INT8 between layers. That
+  is ONNX Runtime's own recommended CPU form, and what this stage writes, except that
+  attention gates and the multiplies they feed stay FP32 (gate_paths).
+
+TensorRT rejects it (UINT8, non-zero zero points), so it is a separate artifact,
+``model.int8-cpu.onnx``, checked with the same INT8 parity threshold.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from ..errors import ConfigError
+from .artifacts import atomic_path
+from .calib import CalibData
+from .onnx_io import load_onnx
+from .precision import CALIB_METHODS, PrecisionArtifact, _name_nodes, _Reader, _set_metadata
+
+PRECISION = "int8-cpu"
+GATES = ("Softmax", "Sigmoid", "HardSigmoid")
+# ops that only move a gate's values on their way to the op they scale
+MOVES = ("Reshape", "Split", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand",
+         "Slice", "Gather", "Concat", "Identity")
+TARGET_METADATA = "deploy_attn.target"
+
+
+def gate_paths(model: onnx.ModelProto) -> list[str]:
+    """Names of the gates (GATES), the ops that move their outputs, and the ops those
+    outputs feed: the nodes left float so attention weights reach their multiply in FP32.
+
+    deploy: a UINT8 gate output is saturated at its calibrated maximum (SK's branch
+    softmax: calibrated up to 0.72, reaching 1.0 on other inputs, cosine 0.54) or rounded
+    to a few levels (MHSA's softmax over 1024 positions, cosine 0.91); in FP32 both stay
+    above 0.9999. ONNX Runtime quantizes a tensor whenever any consumer is quantized, so
+    the whole path has to be excluded, not the gate alone."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    keep: dict[str, None] = {}
+    todo = [n for n in model.graph.node if n.op_type in GATES]
+    while todo:
+        node = todo.pop()
+        if node.name in keep:
+            continue
+        keep[node.name] = None
+        if node.op_type in GATES or node.op_type in MOVES:
+            todo += [c for o in node.output for c in consumers.get(o, [])]
+    return list(keep)
+
+
+def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
+                      method: str = "minmax", reduce_range: bool = False,
+                      float_gates: bool = True) -> PrecisionArtifact:
+    """INT8 Q/DQ for ONNX Runtime CPU: UINT8 asymmetric activations, INT8 symmetric
+    per-channel weights, every op type ORT has an integer kernel for, calibrated on
+    ``calib``; with ``float_gates`` the gates and the paths to the ops they scale stay
+    FP32 (gate_paths). ``reduce_range`` (7-bit weights) avoids U8S8 saturation on x86 CPUs
+    without VNNI; leave it off on VNNI machines (it costs accuracy)."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"calibration method '{method}': choose from {', '.join(CALIB_METHODS)}")
+    src = Path(src)
+    model = _name_nodes(load_onnx(src))
+    inp = model.graph.input[0]
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.dim_value else len(calib.inputs)
+    excluded = gate_paths(model) if float_gates else []
+    quiet = logging.getLogger()  # quantize_static logs a pre-processing hint at WARNING
+    level = quiet.level
+    with tempfile.TemporaryDirectory() as tmp:
+        named, out = Path(tmp) / "named.onnx", Path(tmp) / "int8-cpu.onnx"
+        onnx.save(model, str(named))
+        quiet.setLevel(logging.ERROR)
+        try:
+            quantize_static(
+                str(named), str(out), _Reader(inp.name, calib.inputs, batch),
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                nodes_to_exclude=excluded,
+                calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                  "entropy": CalibrationMethod.Entropy,
+                                  "percentile": CalibrationMethod.Percentile}[method],
+                calibration_cache_path=Path(tmp) / "calib.json",
+                extra_options={"CalibPercentile": 99.999})
+        finally:
+            quiet.setLevel(level)
+        q = load_onnx(out)
+    _set_metadata(q, "deploy_attn.precision", PRECISION)
+    _set_metadata(q, TARGET_METADATA, "onnxruntime-cpu (not a TensorRT input)")
+    _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
+    with atomic_path(dst) as tmp_dst:
+        onnx.save(q, str(tmp_dst))
+        load_onnx(tmp_dst)
+    ops = [n.op_type for n in q.graph.node]
+    dq_out = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = sorted({n.op_type for n in q.graph.node if n.op_type != "QuantizeLinear"
+                        and n.op_type != "DequantizeLinear" and set(n.input) & dq_out})
+    return PrecisionArtifact(Path(dst), {
+        "method": method, "calibration": calib.as_dict(),
+        "quantize_linear": ops.count("QuantizeLinear"),
+        "dequantize_linear": ops.count("DequantizeLinear"),
+        "quantized_op_types": quantized, "reduce_range": reduce_range,
+        "float_nodes": excluded,
+        "scheme": "QDQ for ONNX Runtime CPU: UINT8 asymmetric per-tensor activations, INT8 "
+                  "symmetric per-channel weights, all ops with integer kernels (Conv, Add, "
+                  "Mul, Concat, Gemm, ...) except gates and the paths to the ops they scale"
+                  f"{'' if float_gates else ' (gates quantized too)'}; not accepted by TensorRT"})

@@ -1,0 +1,199 @@
+"""bench (latency per backend, TensorRT skipped with its reason), the CPU-tuned INT8
+variant, and the deployment report, rendered in a real headless browser."""
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from deploy_attn.errors import ConfigError
+from deploy_attn.pipeline.bench import (DEFAULT_BACKENDS, ProgressBar, bench, interleaved_times,
+                                        latency_table)
+from deploy_attn.pipeline.calib import calibration_data
+from deploy_attn.pipeline.cpu_int8 import quantize_int8_cpu
+from deploy_attn.pipeline.engine import TensorRTUnavailable, require_tensorrt
+from deploy_attn.pipeline.job import ExportConfig, export_job
+from deploy_attn.pipeline.parity import (INT8, compare, ort_outputs, ort_session, seeded_inputs,
+                                         torch_outputs)
+from deploy_attn.pipeline.report import write_report
+from deploy_attn.models import create_model
+from deploy_attn.registry import get_spec
+
+try:
+    require_tensorrt()
+    TRT_REASON = None
+except TensorRTUnavailable as exc:
+    TRT_REASON = str(exc)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """An export root with two modules at every precision, one of them benchmarked."""
+    root = tmp_path_factory.mktemp("export")
+    for name in ("se", "eca"):
+        export_job(ExportConfig(name=name, out_dir=root / name, precisions=("fp16", "int8"),
+                                calib_count=8))
+    result = bench("se", runs=5, warmup=1, export_root=root, save=True)
+    return root, result
+
+
+def test_bench_numbers_and_skipped_tensorrt(exports):
+    root, result = exports
+    data = json.loads(json.dumps(result.as_dict()))  # JSON-serialisable as it is
+    assert data == json.loads((root / "se" / "bench.json").read_text())
+    assert [b["backend"] for b in data["backends"]] == list(DEFAULT_BACKENDS)
+    for b in data["backends"]:
+        if b["backend"].startswith("trt-") and TRT_REASON:
+            assert b["status"] == "skipped" and b["latency"] is None
+            with pytest.raises(TensorRTUnavailable) as exc:
+                require_tensorrt("se", b["precision"])
+            assert b["reason"] == str(exc.value)  # the reason itself, never a number
+            continue
+        lat = b["latency"]
+        assert b["status"] == "ok" and b["reason"] is None, b
+        assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+        assert lat["throughput"] == pytest.approx(1e3 / lat["median_ms"])
+    assert data["ort_options"] == {"provider": "CPUExecutionProvider",
+                                   "graph_optimization_level": "ORT_ENABLE_ALL",
+                                   "intra_op_num_threads": 2, "inter_op_num_threads": 1,
+                                   "execution_mode": "ORT_SEQUENTIAL"}
+    env = data["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and "onnxruntime" in env["versions"]
+    table = result.table()
+    for b in DEFAULT_BACKENDS:
+        assert re.search(rf"^{b}\s", table, re.M), table
+    if TRT_REASON:
+        assert re.search(r"^trt-fp16\s+skipped\s+cannot build", table, re.M), table
+        header, rows = latency_table(data)
+        assert all(r[1] == "skipped" and not any(c[0].isdigit() for c in r[2:6] if c)
+                   for r in rows if r[0].startswith("trt-"))
+
+
+def test_bench_rejects_bad_requests(exports):
+    root, _ = exports
+    with pytest.raises(ConfigError, match="unknown backend ort-int4; choose from torch"):
+        bench("se", backends=["ort-int4"], export_root=root)
+    with pytest.raises(ConfigError, match=r"fixed-batch export .* --dynamic-batch"):
+        bench("se", backends=["ort-fp32"], batch=4, export_root=root)
+    with pytest.raises(ConfigError, match="--runs 0 must be an integer >= 1"):
+        bench("se", runs=0, export_root=root)
+
+
+def test_bench_exports_a_dynamic_batch_when_missing(tmp_path, capsys):
+    result = bench("eca", backends=["torch", "ort-fp32"], batch=3, runs=3, warmup=0,
+                   export_root=tmp_path, progress=True)
+    assert result.input_shape[0] == 3
+    report = json.loads((tmp_path / "eca" / "report.json").read_text())
+    assert report["dynamic_axes"], "batch > 1 with no export: exported with a dynamic batch"
+    assert all(b.latency.throughput == pytest.approx(3e3 / b.latency.median_ms)
+               for b in result.backends)
+    err = capsys.readouterr().err
+    assert "bench eca [" in err and "] 6/6" in err  # the progress bar reached its end
+
+
+def test_interleaved_times_alternates_peers():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "ab"}
+    times = interleaved_times(fns, runs=7, warmup=1, block=3, settle_s=0)
+    assert {k: len(v) for k, v in times.items()} == {"a": 7, "b": 7}
+    # warm-up, then rounds of (settle + up to 3 timed) per peer: a b | a*4 b*4 | a*4 b*4 | a*2 b*2
+    assert "".join(calls) == "ab" + "aaaabbbb" * 2 + "aabb"
+
+
+def test_progress_bar_text():
+    out = io.StringIO()
+    bar = ProgressBar(4, "bench x", stream=out, width=8)
+    for _ in range(4):
+        bar.step("ort-fp32")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "bench x [########] 4/4 ort-fp32"
+
+
+@pytest.mark.parametrize("name", ["ca", "cbam"])
+def test_cpu_int8_passes_where_the_tensorrt_form_does(tmp_path, name):
+    export_job(ExportConfig(name=name, out_dir=tmp_path, precisions=("int8",), calib_count=8))
+    spec = get_spec(name)
+    calib = calibration_data(spec, spec.input_shape(), None, 8)
+    art = quantize_int8_cpu(tmp_path / "model.onnx", tmp_path / "model.int8-cpu.onnx", calib)
+    model = onnx.load(str(art.path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["deploy_attn.precision"]) == "int8-cpu"
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == TensorProto.UINT8 for z in zero_points)
+    assert "Conv" in art.details["quantized_op_types"]
+    x = seeded_inputs((8,) + spec.input_shape()[1:])
+    ref = torch_outputs(create_model(name), x)
+    for file in ("model.int8.onnx", "model.int8-cpu.onnx"):
+        r = compare(ort_outputs(ort_session(tmp_path / file), x), ref, INT8)
+        assert r.ok, f"{name} {file}: cosine {r.cosine}"
+
+
+def _pngs(html_text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in
+            re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html_text)]
+
+
+def test_report_md_and_self_contained_html(exports, tmp_path):
+    from PIL import Image
+
+    root, _ = exports
+    md, page = write_report(None, root, tmp_path / "out")
+    text, html_text = md.read_text(), page.read_text()
+    for name in ("se", "eca"):
+        assert f"## {name}" in text and f"<h2>{name}</h2>" in html_text
+    assert "ort-fp32" in text and "No latency: run 'deploy-attn bench eca --save'" in text
+    assert re.search(r"\| int8 \| pass \| cos >= 0.99 \|", text), text
+    assert "ok: all" in text  # the TensorRT operator check summary
+    assert "![Latency by backend](latency.png)" in text and (md.parent / "latency.png").is_file()
+    pngs = _pngs(html_text)
+    assert len(pngs) == 2
+    for png in pngs:
+        with Image.open(io.BytesIO(png)) as img:
+            assert img.format == "PNG" and img.width > 300
+    # self-contained: nothing loaded from elsewhere
+    assert not re.search(r"(src|href)=['\"](?!data:)", html_text)
+    assert "<script" not in html_text
+    assert not list(md.parent.glob(".*.partial"))  # atomic writes leave no temporaries
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                    "(apt-get install -y chromium); the report is not rendered")
+def test_report_renders_in_headless_chromium(exports, tmp_path):
+    from PIL import Image
+
+    root, _ = exports
+    _, page = write_report(["se", "eca"], root, tmp_path / "out")
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1200,2000", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    with Image.open(shot) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    assert rgb.shape[:2] == (2000, 1200)
+    colours = np.unique(rgb.reshape(-1, 3), axis=0)
+    assert len(colours) > 50, f"only {len(colours)} colours: a blank page?"
+    # the header bar colour of the tables (#2b6cb0) is on the page: the CSS applied
+    assert np.any(np.all(rgb == (0x2b, 0x6c, 0xb0), axis=-1))
+
+
+@pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present here")
+def test_bench_tensorrt_only_exports_nothing_without_tensorrt(tmp_path):
+    result = bench("se", backends=["trt-fp16", "trt-int8"], export_root=tmp_path)
+    assert [b.status for b in result.backends] == ["skipped", "skipped"]
+    assert all(b.latency is None and "TensorRT" in b.reason for b in result.backends)
+    assert not (tmp_path / "se").exists()
