@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError, DeployAttnError
+from ..errors import ConfigError, DeployAttnError
 from ..registry import get_spec
 from .artifacts import library_versions, write_json
 from .parity import seeded_inputs
@@ -146,19 +146,9 @@ def ort_bench_session(path: str | Path, threads: int):
     """An ONNX Runtime CPU session as a deployment would configure it: every graph
     optimisation (fusions, NCHWc layouts, Q/DQ -> QLinear ops), a fixed intra-op thread
     count, no inter-op parallelism."""
-    import onnxruntime as ort
+    from .parity import ort_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+    return ort_session(path, threads, sequential=True)
 
 
 def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:

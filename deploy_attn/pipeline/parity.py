@@ -79,14 +79,19 @@ def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model.eval()(torch.from_numpy(x)).numpy()
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; a file ORT cannot load is an ArtifactError."""
+def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False):
+    """An ONNX Runtime CPU session with every graph optimisation; ``threads`` fixes the
+    intra-op threads, ``sequential`` turns off inter-op parallelism (as a deployment and
+    the benchmarks configure it). A file ORT cannot load is an ArtifactError."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
+    if sequential:
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
