@@ -34,9 +34,12 @@ def test_reference_keeps_shape_and_is_deterministic(name):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_exact_rewrites_match_reference(name, batch):
     model = deploy_attn.create_model(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     deploy, applied = deploy_attn.patch_for_deploy(model)
     assert all(a.exact for a in applied)
-    assert type(model).__module__.startswith("deploy_attn"), "reference left untouched"
+    assert deploy is not model and type(model) is type(deploy_attn.create_model(name))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), \
+        "patch_for_deploy must leave the reference untouched"
     x = _input(name, batch)
     with torch.no_grad():
         ref, dep = model(x), deploy(x)
