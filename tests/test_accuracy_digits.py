@@ -1,12 +1,17 @@
-"""Accuracy parity on real labelled data. Random weights make parity easy to fake, so a
-registered backbone with attention is trained on scikit-learn's handwritten digits, exported
-through the real job (FP32, FP16, INT8 calibrated on the training PNGs), and each artifact's
-test-set accuracy is compared with PyTorch's."""
+"""Accuracy parity on real labelled data. Random weights make parity easy to fake, so
+registered backbones with attention are trained on scikit-learn's handwritten digits,
+exported through the real job (FP32, FP16, INT8 calibrated on the training PNGs), and each
+artifact's test-set accuracy is compared with PyTorch's.
+
+Three cases, the three models the FP16/INT8 issue names: mobilenetv2_ca classifies the
+digits (in the default suite); resnet50_se classifies them and unet_cbam segments them
+(per pixel: background or the digit's class), both marked slow (about 3 and 2 minutes)."""
 from __future__ import annotations
 
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,14 +31,46 @@ from deploy_attn.pipeline.job import (ExportConfig, ExportResult, export_job,  #
 from deploy_attn.pipeline.parity import ort_outputs, ort_session, torch_outputs  # noqa: E402
 from deploy_attn.registry import get_spec  # noqa: E402
 
-NAME = "mobilenetv2_ca"  # the main model; total stride 32, so 32x32 is its smallest input
-SIZE = (32, 32)
-CLASSES = 10
+SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest input all take
 SEED = 0
-EPOCHS, BATCH, LR, LABEL_SMOOTHING = 3, 32, 0.05, 0.1
+BATCH, LABEL_SMOOTHING = 32, 0.1
 CALIB_COUNT = 128
-MIN_ACCURACY = 90.0  # percent: below this the parity figures would prove little
 FP16_POINTS, INT8_POINTS = 0.1, 1.0  # allowed accuracy change vs FP32, percentage points
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    segment: bool  # per-pixel labels: 0 background, 1 + digit on the digit's strokes
+    epochs: int
+    lr: float
+    min_accuracy: float  # percent: below this the parity figures would prove little
+    optimizer: str = "sgd"  # SGD (Nesterov) or AdamW, both with a one-cycle schedule
+
+    @property
+    def classes(self) -> int:
+        return 11 if self.segment else 10
+
+
+CASES = [
+    pytest.param(Case("mobilenetv2_ca", False, 3, 0.05, 90.0), id="mobilenetv2_ca"),
+    pytest.param(Case("resnet50_se", False, 3, 0.05, 90.0), id="resnet50_se",
+                 marks=pytest.mark.slow),
+    # Per-pixel digit classes need the bridge's global context; SGD left the UNet near
+    # chance (9 % of stroke pixels after 4 epochs); AdamW reaches 83 % in 8 (chance: 10 %).
+    pytest.param(Case("unet_cbam", True, 8, 3e-3, 75.0, "adamw"), id="unet_cbam",
+                 marks=pytest.mark.slow),
+]
+FOREGROUND = 0.0  # normalised pixel value (mean 0.5, std 0.5) above which a pixel is stroke
+
+
+def _targets(case: Case, data: LabelledImages) -> torch.Tensor:
+    """Class per image, or per pixel for segmentation (the stroke pixels carry the digit)."""
+    labels = torch.from_numpy(data.labels)
+    if not case.segment:
+        return labels
+    stroke = torch.from_numpy(data.inputs[:, 0] > FOREGROUND)
+    return torch.where(stroke, labels[:, None, None] + 1, 0)
 
 
 @contextmanager
@@ -51,9 +88,16 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def digit_sets(tmp_path_factory) -> dict[str, LabelledImages]:
-    shape = get_spec(NAME).input_shape(1, 1, SIZE)
-    return digits(tmp_path_factory.mktemp("digits"), default_preprocess(get_spec(NAME), shape),
-                  seed=SEED)
+    """The digits as 1-channel PNGs at SIZE; every backbone reads 1-channel images with the
+    same preprocessing, so one set serves all cases."""
+    spec = get_spec(CASES[0].values[0].name)
+    return digits(tmp_path_factory.mktemp("digits"),
+                  default_preprocess(spec, spec.input_shape(1, 1, SIZE)), seed=SEED)
+
+
+@pytest.fixture(scope="session", params=CASES)
+def case(request) -> Case:
+    return request.param
 
 
 @torch.no_grad()
@@ -72,18 +116,21 @@ def _precise_bn(model: nn.Module, x: torch.Tensor, batch: int = 256) -> None:
     model.eval()
 
 
-def _train(model: nn.Module, data: LabelledImages) -> None:
-    """SGD (Nesterov) with a one-cycle schedule and label smoothing, seeded."""
-    x, y = torch.from_numpy(data.inputs), torch.from_numpy(data.labels)
+def _train(model: nn.Module, case: Case, data: LabelledImages) -> None:
+    """The case's optimizer with a one-cycle schedule and label smoothing, seeded."""
+    x, y = torch.from_numpy(data.inputs), _targets(case, data)
     model.to(memory_format=torch.channels_last)  # ~30% faster on CPU; 1-channel x is both
     steps = len(x) // BATCH
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=EPOCHS * steps,
+    if case.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=case.lr, weight_decay=1e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, case.lr, total_steps=case.epochs * steps,
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(SEED)
     model.train()
-    for _ in range(EPOCHS):
+    for _ in range(case.epochs):
         order = torch.randperm(len(x), generator=gen)
         for i in range(steps):
             idx = order[i * BATCH:(i + 1) * BATCH]
@@ -97,14 +144,16 @@ def _train(model: nn.Module, data: LabelledImages) -> None:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(digit_sets, tmp_path_factory) -> Path:
-    """A state_dict of NAME trained on the training split (once per session)."""
-    model = create_model(NAME, channels=1, input_size=SIZE, num_classes=CLASSES, seed=SEED)
+def checkpoint(case, digit_sets, tmp_path_factory) -> Path:
+    """A state_dict of the case's model trained on the training split (once per session)."""
+    model = create_model(case.name, channels=1, input_size=SIZE, num_classes=case.classes,
+                         seed=SEED)
     t0 = time.perf_counter()
     with _one_thread():
-        _train(model, digit_sets["train"])
-    print(f"\n[digits] trained {NAME} {EPOCHS} epochs in {time.perf_counter() - t0:.1f} s")
-    path = tmp_path_factory.mktemp("digits-ckpt") / f"{NAME}-digits.pt"
+        _train(model, case, digit_sets["train"])
+    print(f"\n[digits] trained {case.name} {case.epochs} epochs in "
+          f"{time.perf_counter() - t0:.1f} s")
+    path = tmp_path_factory.mktemp("digits-ckpt") / f"{case.name}-digits.pt"
     torch.save(model.state_dict(), path)
     return path
 
@@ -113,15 +162,16 @@ Exported = tuple[ExportConfig, ExportResult, list[tuple[float, str]]]
 
 
 @pytest.fixture(scope="session")
-def exported(checkpoint, digit_sets, tmp_path_factory) -> Exported:
+def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Exported:
     """The real export job on the checkpoint: config, result, (seconds, stage) progress."""
     # The job verifies FP16/INT8 on 32 training images calibration did not use (real data
     # in the range calibration saw). exclude=("auto",): the job leaves the most sensitive
     # nodes FP32 until INT8 meets its cosine threshold; they are listed in the figures.
-    cfg = ExportConfig(name=NAME, out_dir=tmp_path_factory.mktemp("digits-export"), channels=1,
-                       input_size=SIZE, num_classes=CLASSES, weights=checkpoint,
-                       precisions=("fp16", "int8"), calib_dir=digit_sets["train"].folder,
-                       calib_count=CALIB_COUNT, verify_count=32, exclude=("auto",))
+    cfg = ExportConfig(name=case.name, out_dir=tmp_path_factory.mktemp("digits-export"),
+                       channels=1, input_size=SIZE, num_classes=case.classes,
+                       weights=checkpoint, precisions=("fp16", "int8"),
+                       calib_dir=digit_sets["train"].folder, calib_count=CALIB_COUNT,
+                       verify_count=32, exclude=("auto",))
     t0 = time.perf_counter()
     stages: list[tuple[float, str]] = []
     with _one_thread():
@@ -140,20 +190,25 @@ def test_digit_pngs_are_what_the_pipeline_reads(digit_sets):
     for split in digit_sets.values():
         files = sorted(split.folder.glob("*.png"))
         assert [int(f.stem.split("_")[1]) for f in files] == split.labels.tolist()
-        assert set(split.labels.tolist()) == set(range(CLASSES))
+        assert set(split.labels.tolist()) == set(range(10))
         images = [Image.open(f) for f in files]
         assert {(im.mode, im.size) for im in images} == {("L", SIZE[::-1])}
         pixels = np.stack([np.asarray(im) for im in images]).astype(np.float32)[:, None]
         np.testing.assert_allclose(split.inputs, (pixels / 255 - 0.5) / 0.5, rtol=0, atol=1e-6)
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return 100.0 * float((logits.argmax(1) == labels).mean())
+def _accuracy(case: Case, logits: np.ndarray, targets: np.ndarray) -> float:
+    """Top-1 accuracy in percent: per image, or per stroke pixel for segmentation (the
+    background, about 60% of the pixels, is left out so it cannot flatter the figure)."""
+    pred = logits.argmax(1)
+    scored = targets > 0 if case.segment else np.ones(targets.shape, bool)
+    return 100.0 * float((pred == targets)[scored].mean())
 
 
-def test_digits_accuracy_parity(exported, digit_sets):
+def test_digits_accuracy_parity(case, exported, digit_sets):
     cfg, result, stages = exported
     test = digit_sets["test"]
+    targets = _targets(case, test).numpy()
     with _one_thread():  # the checkpoint loaded as the job loads it
         logits = {"pytorch": torch_outputs(reference_model(cfg), test.inputs)}
     for precision, file in result.report["files"].items():
@@ -162,30 +217,32 @@ def test_digits_accuracy_parity(exported, digit_sets):
     assert set(logits) == {"pytorch", "onnx_fp32", "onnx_fp16", "onnx_int8"}, result.report
 
     top1 = {k: v.argmax(1) for k, v in logits.items()}
-    acc = {k: _accuracy(v, test.labels) for k, v in logits.items()}
+    acc = {k: _accuracy(case, v, targets) for k, v in logits.items()}
     agree = {k: 100.0 * float((v == top1["pytorch"]).mean()) for k, v in top1.items()}
     verify = {p: result.report["precisions"][p]["results"][0] for p in ("fp16", "int8")}
     figures = {
-        "model": NAME, "input": [1, 1, *SIZE], "test_samples": len(test.labels),
-        "train": {"epochs": EPOCHS, "batch": BATCH, "lr": LR, "seed": SEED,
-                  "optimizer": "SGD nesterov, one-cycle", "label_smoothing": LABEL_SMOOTHING},
+        "model": case.name, "task": "segment" if case.segment else "classify",
+        "input": [1, 1, *SIZE], "test_samples": len(test.labels),
+        "train": {"epochs": case.epochs, "batch": BATCH, "lr": case.lr, "seed": SEED,
+                  "optimizer": f"{case.optimizer}, one-cycle", "label_smoothing": LABEL_SMOOTHING},
         "calibration": result.report["precisions"]["int8"].get("calibration"),
         "int8_excluded_nodes": result.report["precisions"]["int8"].get("excluded_nodes"),
         "accuracy_percent": acc, "top1_agreement_with_pytorch_percent": agree,
         "export_stage_seconds": stages,
-        "export_verification": {p: {"cosine": r["cosine"], "top1_agreement": r["top1_agreement"]}
+        "export_verification": {p: {"cosine": r["cosine"],
+                                    "top1_agreement": r.get("top1_agreement")}
                                 for p, r in verify.items()},
     }
     record = cfg.directory / "accuracy.json"
     record.write_text(json.dumps(figures, indent=2))
     summary = ", ".join(f"{k} {acc[k]:.2f}% (agrees {agree[k]:.2f}%)" for k in acc)
-    print(f"[digits] {NAME} test accuracy on {len(test.labels)} images: {summary}; "
+    print(f"[digits] {case.name} test accuracy on {len(test.labels)} images: {summary}; "
           f"export check cosine fp16 {verify['fp16']['cosine']:.6f}, "
           f"int8 {verify['int8']['cosine']:.6f} "
           f"(FP32 nodes {figures['int8_excluded_nodes']}); figures in {record}")
 
-    assert acc["pytorch"] >= MIN_ACCURACY, summary
-    assert agree["onnx_fp32"] == 100.0, summary
-    assert acc["onnx_fp32"] == acc["pytorch"], summary
+    assert acc["pytorch"] >= case.min_accuracy, summary
+    assert agree["onnx_fp32"] >= 99.99 if case.segment else agree["onnx_fp32"] == 100.0, summary
+    assert abs(acc["onnx_fp32"] - acc["pytorch"]) <= (0.01 if case.segment else 0.0), summary
     assert abs(acc["onnx_fp16"] - acc["onnx_fp32"]) <= FP16_POINTS, summary
     assert abs(acc["onnx_int8"] - acc["onnx_fp32"]) <= INT8_POINTS, summary

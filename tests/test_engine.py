@@ -93,7 +93,8 @@ def test_trtexec_static(tmp_path):
     assert cmd[0] == "trtexec"
     assert {"--onnx=m/model.onnx", f"--saveEngine={tmp_path / 'model.fp32.engine'}",
             "--stronglyTyped", "--memPoolSize=workspace:4096M", "--skipInference",
-            "--noTF32", f"--timingCacheFile={tmp_path / eng.TIMING_CACHE_FILE}"} <= set(cmd)
+            "--noTF32", "--profilingVerbosity=detailed",
+            f"--timingCacheFile={tmp_path / eng.TIMING_CACHE_FILE}"} <= set(cmd)
     assert not any("Shapes=" in c for c in cmd)  # a static ONNX fixes its own shapes
 
 

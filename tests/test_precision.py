@@ -3,6 +3,7 @@ measured FP32 islands, and the bad inputs of calibration."""
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, numpy_helper
 
 from deploy_attn import cli
@@ -122,6 +123,47 @@ def test_int8_sensitivity_and_exclusions(tmp_path):
     with pytest.raises(ConfigError, match="not among the quantizable nodes"):
         export_job(ExportConfig(name="cpca", out_dir=tmp_path / "y", precisions=("int8",),
                                 calib_count=8, exclude=("no_such_node",)))
+
+
+def test_auto_exclude_stops_at_the_target(tmp_path):
+    """``--exclude auto`` leaves the fewest most-sensitive nodes FP32 that meet the target:
+    none when the quantized graph already does, the top one when only it reaches it."""
+    from deploy_attn.models import create_model
+    from deploy_attn.pipeline.calib import calibration_data
+    from deploy_attn.pipeline.export import export_onnx
+    from deploy_attn.pipeline.precision import (auto_exclude, cosine_scorer, int8_sensitivity,
+                                                quantize_int8)
+    from deploy_attn.registry import get_spec
+
+    spec, model = get_spec("cpca"), create_model("cpca")
+    shape = spec.input_shape(1)
+    src, q = tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, shape, src)
+    quantize_int8(src, q, calibration_data(spec, shape, None, 8))
+    x = seeded_inputs((4,) + tuple(shape[1:]))
+    with torch.no_grad():
+        score = cosine_scorer(model(torch.from_numpy(x)).numpy(), x)
+    rows = int8_sensitivity(src, q, score)
+    base = score(q)
+    assert auto_exclude(src, q, rows, score, target=base) == []
+    top = rows[0]["score_with_node_fp32"]
+    assert top > base, rows[:3]
+    assert auto_exclude(src, q, rows, score, target=top) == [rows[0]["node"]]
+
+
+def test_entropy_threshold_clips_outliers_not_the_distribution():
+    """KL calibration on histograms of |x|: a uniform distribution keeps its full range,
+    ten far outliers on a million normal samples are clipped (to about 5 sigma, not 50),
+    and ReLU's spike of zeros does not drag the threshold of its tail down."""
+    from deploy_attn.pipeline.precision import entropy_threshold
+
+    rng = np.random.default_rng(0)
+    uniform = np.abs(rng.uniform(-1, 1, 200_000))
+    assert entropy_threshold(*np.histogram(uniform, 2048)) > 0.99
+    normal = np.abs(np.concatenate([rng.standard_normal(1_000_000), [50.0] * 10]))
+    assert 3.5 < entropy_threshold(*np.histogram(normal, 2048)) < 8.0
+    relu = np.maximum(rng.standard_normal(1_000_000), 0)
+    assert entropy_threshold(*np.histogram(relu, 2048)) > 0.85 * relu.max()
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

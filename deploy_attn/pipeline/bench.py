@@ -190,10 +190,11 @@ def trt_runner(engine_path: Path, x: np.ndarray) -> Iterator[Callable[[], Any]]:
     host output, as an application calling it from NumPy would (copies included)."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.datatype import DataType
 
     with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
-        name = next(iter(runner.get_input_metadata()))
-        feed = {name: x}
+        name, meta = next(iter(runner.get_input_metadata(use_numpy_dtypes=False).items()))
+        feed = {name: np.ascontiguousarray(x, dtype=DataType.to_dtype(meta.dtype, "numpy"))}
         yield lambda: runner.infer(feed)
 
 

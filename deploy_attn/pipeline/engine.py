@@ -222,8 +222,9 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path,
     if cfg.optimization_level is not None:
         cmd.append(f"--builderOptimizationLevel={cfg.optimization_level}")
     # deploy: trtexec enables TF32 by default, Polygraphy's CreateConfig does not; FP32
-    # engines stay FP32 so they meet the FP32 parity tolerance.
-    cmd += ["--noTF32", "--skipInference"]
+    # engines stay FP32 so they meet the FP32 parity tolerance. CreateConfig's default
+    # profiling verbosity is DETAILED (trtexec's is layer names only).
+    cmd += ["--noTF32", "--profilingVerbosity=detailed", "--skipInference"]
     return cmd
 
 
@@ -338,8 +339,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConf
     check_onnx_matches(cfg, onnx_path)
 
     import tensorrt as trt
-    from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, NetworkFromOnnxPath,
-                                        Profile, SaveEngine)
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork,
+                                        NetworkFromOnnxPath, Profile)
     from polygraphy.exception import PolygraphyException
 
     cache = timing_cache_path(engine_path, cfg)
@@ -361,8 +363,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConf
     t0 = time.perf_counter()
     try:
         with atomic_path(engine_path) as tmp:
-            SaveEngine(EngineFromNetwork(network, config, save_timing_cache=str(cache)),
-                       path=str(tmp))()
+            # the serialized bytes straight to disk (no deserialize/serialize round trip)
+            SaveBytes(EngineBytesFromNetwork(network, config, save_timing_cache=str(cache)),
+                      path=str(tmp))()
     except PolygraphyException as exc:
         first = (str(exc).strip().splitlines() or ["see the TensorRT log above"])[0]
         raise ArtifactError(f"{onnx_path}: TensorRT could not build an engine: {first}") from None

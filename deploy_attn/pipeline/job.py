@@ -201,12 +201,21 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
         if cfg.sensitivity or exclude == ("auto",):
             scorer = cosine_scorer(ref, x)
             quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method, cache_dir=tmp)
-            progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
-            rows = int8_sensitivity(out / MODEL_FILE, staged, scorer, progress)
-            details["sensitivity"] = rows
+            if exclude == ("auto",) and not cfg.sensitivity and scorer(staged) >= tol.min_cosine:
+                exclude = ()  # fully quantized already meets the threshold
+            else:
+                progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+                rows = int8_sensitivity(out / MODEL_FILE, staged, scorer, progress)
+                details["sensitivity"] = rows
             if exclude == ("auto",):
+                def confirm(nodes: list[str]) -> float:
+                    quantize_int8(out / MODEL_FILE, confirmed, calib, cfg.calib_method,
+                                  nodes, cache_dir=tmp)
+                    return scorer(confirmed)
+
+                confirmed = tmp / "int8-confirm.onnx"
                 exclude = tuple(auto_exclude(out / MODEL_FILE, staged, rows, scorer,
-                                             tol.min_cosine))
+                                             tol.min_cosine, confirm=confirm))
                 progress(f"int8 --exclude auto: {len(exclude)} node(s) left FP32")
         details.update(quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method,
                                      exclude, cache_dir=tmp).details)
@@ -224,9 +233,13 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
                 f"(now {cfg.fp16_threshold:g})")
     if not result.ok:
         dst.unlink(missing_ok=True)
+        hint = ""
+        if precision.startswith("int8") and cfg.weights is None and spec.kind == "backbone":
+            hint = ("; these are generated weights, on which INT8 is judged harshly (README, "
+                    "'INT8 on generated weights'): give the trained ones with --weights")
         return (f"{cfg.name}: {precision.upper()} output vs PyTorch FP32: cosine "
                 f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
-                f"finite {result.finite}; see {out / REPORT_FILE}")
+                f"finite {result.finite}; see {out / REPORT_FILE}{hint}")
     staged.replace(dst)
     report["files"][precision] = dst.name
     if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
