@@ -82,6 +82,31 @@ def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
     return out
 
 
+def op_profile(path: Path, x: np.ndarray, threads: int, runs: int,
+               warmup: int = 5) -> dict[str, float]:
+    """Kernel milliseconds per run by ONNX Runtime op type (after its fusions and layout
+    changes: FusedConv, ReorderInput/ReorderOutput for the NCHWc layout), from ORT's
+    profiler over ``runs`` runs; the ``warmup`` runs before them are left out."""
+    import json
+    from collections import Counter
+
+    session = ort_session(path, threads, sequential=True, profile_prefix=path.parent / "prof")
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(warmup + runs):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    first = starts[warmup]
+    totals: Counter = Counter()
+    for event in events:
+        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                and event["ts"] >= first):
+            totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    return dict(totals)
+
+
 def reference_outputs(name: str, x: np.ndarray) -> np.ndarray:
     from deploy_attn.pipeline.parity import torch_outputs
 

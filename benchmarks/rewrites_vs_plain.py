@@ -2,7 +2,12 @@
 module without rewrites (same dynamo exporter, same opset, then the same onnxsim), for
 every attention module and mobilenetv2_ca: ONNX Runtime FP32 latency and node counts.
 
-    python3 benchmarks/rewrites_vs_plain.py [NAMES...] [--runs 40] [--threads 2]
+    python3 benchmarks/rewrites_vs_plain.py [NAMES...] [--runs 40] [--threads 2] [--profile]
+
+``--profile`` adds, per module, ONNX Runtime's kernel time by op type for both graphs
+(its profiler, same threads), and times a third graph: ours with each one-axis ReduceMean
+turned back into the AveragePool the plain export has, to isolate what that rewrite costs
+on this CPU.
 """
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import time
 from pathlib import Path
 
 import onnx
-from common import exported, footer, header, log, measure, parser, print_table, work_dir
+from common import (exported, footer, header, log, measure, op_profile, parser, print_table,
+                    work_dir)
 
 import deploy_attn
 from deploy_attn.errors import DeployAttnError
@@ -46,16 +52,44 @@ def plain_export(name: str, work: Path) -> tuple[Path | None, str]:
     return dst, ""
 
 
+def pools_as_averagepool(src: Path, dst: Path) -> int:
+    """``src`` with every one-axis ReduceMean over H or W of a 4-D tensor replaced by the
+    equivalent AveragePool (kernel [H, 1] or [1, W], valid at the exported size only);
+    returns how many were replaced."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.value_info, *model.graph.input]}
+    axes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+    nodes, swapped = [], 0
+    for node in model.graph.node:
+        ax = axes.get(node.input[1]) if node.op_type == "ReduceMean" and len(node.input) > 1 else None
+        shape = dims.get(node.input[0], [])
+        if ax in ([2], [3]) and len(shape) == 4 and all(shape):
+            kernel = [shape[2], 1] if ax == [2] else [1, shape[3]]
+            node = onnx.helper.make_node("AveragePool", [node.input[0]], list(node.output),
+                                         name=node.name, kernel_shape=kernel)
+            swapped += 1
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return swapped
+
+
 def main() -> None:
     names = deploy_attn.list_models(kind="attention") + ["mobilenetv2_ca"]
     p = parser(__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", default=names)
+    p.add_argument("--profile", action="store_true",
+                   help="also print ORT's kernel time per op type for both graphs")
     args = p.parse_args()
     t0 = time.perf_counter()
     work = work_dir(args.work)
     paths = {n: (exported(n, work), *plain_export(n, work)) for n in args.names}
     header("Rewritten + simplified graph (ours) vs plain torch.onnx.export + onnxsim", args)
     rows, slower, failed, same = [], [], [], []
+    profiles: dict[str, dict[str, dict[str, float]]] = {}
+    swaps: list[list] = []
     for name in args.names:
         ours, plain, why = paths[name]
         ops_ours = op_counts(onnx.load(str(ours)))
@@ -79,6 +113,16 @@ def main() -> None:
             slower.append(name)
         rows.append([name, n_ours, len(onnx.load(str(plain)).graph.node),
                      f"{ms['ours']:.3f}", f"{ms['plain']:.3f}", f"{ratio:.2f}x", note])
+        if args.profile:
+            profiles[name] = {k: op_profile(p, x, args.threads, args.runs)
+                              for k, p in (("ours", ours), ("plain", plain))}
+            pooled = ours.with_name("ours.avgpool.onnx")
+            if pools_as_averagepool(ours, pooled):
+                ms = measure({"ours": ort_runner(ours, x, args.threads),
+                              "pooled": ort_runner(pooled, x, args.threads),
+                              "plain": ort_runner(plain, x, args.threads)}, args)
+                swaps.append([name, f"{ms['ours']:.3f}", f"{ms['pooled']:.3f}",
+                              f"{ms['plain']:.3f}", f"{ms['plain'] / ms['pooled']:.2f}x"])
     print_table(["module", "nodes ours", "nodes plain", "ours ms", "plain ms",
                  "plain/ours", "note"], rows)
     print(f"\nplain/ours > 1: the rewritten graph is faster. Plain export failed for "
@@ -88,6 +132,20 @@ def main() -> None:
     print(f"target 'rewritten graph never slower than the plain export' (plain/ours >= "
           f"{NOT_SLOWER} where the graphs differ): "
           f"{'met' if not slower else 'NOT met for ' + ', '.join(slower)}")
+    if swaps:
+        print("\nours with its one-axis ReduceMean back as AveragePool (interleaved again):")
+        print_table(["module", "ours ms", "ours, AveragePool ms", "plain ms",
+                     "plain / ours-AveragePool"], swaps)
+    for name, prof in profiles.items():
+        ops = sorted(set(prof["ours"]) | set(prof["plain"]),
+                     key=lambda k: -max(prof["ours"].get(k, 0), prof["plain"].get(k, 0)))
+        print(f"\n{name}: ONNX Runtime kernel ms per run by op type (profiler)")
+        print_table(["op", "ours", "plain", "ours - plain"],
+                    [[k, f"{prof['ours'].get(k, 0):.3f}", f"{prof['plain'].get(k, 0):.3f}",
+                      f"{prof['ours'].get(k, 0) - prof['plain'].get(k, 0):+.3f}"] for k in ops]
+                    + [["total", f"{sum(prof['ours'].values()):.3f}",
+                        f"{sum(prof['plain'].values()):.3f}",
+                        f"{sum(prof['ours'].values()) - sum(prof['plain'].values()):+.3f}"]])
     footer(t0)
 
 

@@ -79,13 +79,19 @@ def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model.eval()(torch.from_numpy(x)).numpy()
 
 
-def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False):
+def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
+                profile_prefix: str | Path | None = None):
     """An ONNX Runtime CPU session with every graph optimisation; ``threads`` fixes the
     intra-op threads, ``sequential`` turns off inter-op parallelism (as a deployment and
-    the benchmarks configure it). A file ORT cannot load is an ArtifactError."""
+    the benchmarks configure it), ``profile_prefix`` turns on ORT's per-node profiler
+    (``session.end_profiling()`` returns its JSON file). A file ORT cannot load is an
+    ArtifactError."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
