@@ -62,7 +62,8 @@ def pools_as_averagepool(src: Path, dst: Path) -> int:
     axes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
     nodes, swapped = [], 0
     for node in model.graph.node:
-        ax = axes.get(node.input[1]) if node.op_type == "ReduceMean" and len(node.input) > 1 else None
+        reduce = node.op_type == "ReduceMean" and len(node.input) > 1
+        ax = axes.get(node.input[1]) if reduce else None
         shape = dims.get(node.input[0], [])
         if ax in ([2], [3]) and len(shape) == 4 and all(shape):
             kernel = [shape[2], 1] if ax == [2] else [1, shape[3]]
