@@ -74,9 +74,6 @@ def cmd_export(args: argparse.Namespace) -> int:
                  f"{len(entry['excluded_nodes'])} excluded")
         print(f"parity {precision} ({r['batch']} inputs): cosine {r['cosine']:.6f}, max abs "
               f"{r['max_abs']:.2e}{top1}; {extra}")
-    for precision, check in rep.get("trt_check", {}).items():
-        if not check["ok"]:
-            print(f"warning: {precision}: {check['summary']}", file=sys.stderr)
     files = ", ".join(str(result.model_path.parent / f) for f in rep["files"].values())
     print(f"wrote {files} and {result.report_path}")
     return 0

@@ -1,4 +1,5 @@
 """Static TensorRT operator check against the ONNX-TensorRT 10.16 matrix."""
+import dataclasses
 import json
 
 import numpy as np
@@ -305,3 +306,28 @@ def test_local_function_bodies_checked():
     result = check_trt_support(model)
     assert [(i.op_type, i.reason) for i in result.issues] == [("Bernoulli", "not supported")]
     assert result.nodes == 2
+
+
+def test_export_fails_when_tensorrt_would_reject_a_node(capsys, tmp_path, monkeypatch):
+    """The export runs the operator check on every artifact and exits non-zero naming the
+    rejected nodes; the files stay (they are right for ONNX Runtime) and the report says
+    why. The rejection is injected: no shipped module has one."""
+    import deploy_attn.pipeline.trt_check as trt_check
+    from deploy_attn import cli
+
+    real = trt_check.check_trt_support
+
+    def rejecting(path):
+        result = real(path)
+        issue = trt_check.TrtIssue("node_Conv_0", "Conv", "injected by the test")
+        return dataclasses.replace(result, rejected=1, issues=[issue])
+
+    monkeypatch.setattr(trt_check, "check_trt_support", rejecting)
+    code = cli.main(["export", "se", "-o", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+    assert code != 0 and err[-1].startswith("deploy-attn: error: se: model.onnx:"), err
+    assert "Conv 'node_Conv_0' (injected by the test)" in err[-1], err
+    assert "TensorRT would not build them" in err[-1], err
+    assert not any("Traceback" in line for line in err), err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "trt-rejected" and (tmp_path / "model.onnx").is_file()

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ParityError
+from ..errors import ArtifactError, ConfigError, ParityError
 from ..models import create_model
 from ..registry import get_spec
 from ..rewrite import patch_for_deploy, summarize
@@ -155,11 +155,17 @@ def export_job(cfg: ExportConfig, progress: Callable[[str], None] = _noop) -> Ex
                                        report, progress)
             if failure:
                 break
-    report["status"] = "ok" if failure is None else "failed"
+    rejected = [f"{report['files'][p]}: {c['summary']}"
+                for p, c in report.get("trt_check", {}).items() if not c["ok"]]
+    report["status"] = ("failed" if failure else "trt-rejected" if rejected else "ok")
     report["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(report_path, report)
     if failure:
         raise ParityError(failure)
+    if rejected:  # the files are right for ONNX Runtime, so they stay; the exit says why
+        more = f" (and {len(rejected) - 1} more file(s))" if len(rejected) > 1 else ""
+        raise ArtifactError(f"{cfg.name}: {rejected[0]}{more}; the ONNX files are written "
+                            f"for ONNX Runtime, but TensorRT would not build them")
     return ExportResult(model_path, report_path, report)
 
 
@@ -255,8 +261,6 @@ def _mkdir(path: Path) -> Path:
 def read_report(directory: Path) -> dict:
     """The report.json of an export directory; ArtifactError if it is missing or corrupt."""
     import json
-
-    from ..errors import ArtifactError
 
     path = Path(directory) / REPORT_FILE
     try:
