@@ -240,9 +240,12 @@ def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, 
     if not result.ok:
         dst.unlink(missing_ok=True)
         hint = ""
+        if precision == "int8" and tuple(cfg.exclude) == ("auto",):
+            hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32, "
+                    "its cap (a quarter of the quantized nodes)")
         if precision.startswith("int8") and cfg.weights is None and spec.kind == "backbone":
-            hint = ("; these are generated weights, on which INT8 is judged harshly (README, "
-                    "'INT8 on generated weights'): give the trained ones with --weights")
+            hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
+                     "'INT8 on generated weights'): give the trained ones with --weights")
         return (f"{cfg.name}: {precision.upper()} output vs PyTorch FP32: cosine "
                 f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
                 f"finite {result.finite}; see {out / REPORT_FILE}{hint}")
