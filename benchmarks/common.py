@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,6 +21,7 @@ from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_tab
 from deploy_attn.pipeline.calib import calibration_data
 from deploy_attn.pipeline.job import ExportConfig, export_job
 from deploy_attn.pipeline.parity import INT8, compare, ort_outputs, ort_session, seeded_inputs
+from deploy_attn.pipeline.progress import to_stderr as log
 from deploy_attn.registry import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +43,6 @@ def work_dir(root: Path) -> Path:
     for source in sorted((REPO / "deploy_attn").rglob("*.py")):
         digest.update(source.read_bytes())
     return root / digest.hexdigest()[:12]
-
-
-def log(msg: str) -> None:
-    print(f"  - {msg}", file=sys.stderr, flush=True)
 
 
 def exported(name: str, work: Path) -> Path:

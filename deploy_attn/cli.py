@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import DeployAttnError
-
-
-def _progress(msg: str) -> None:
-    print(f"  - {msg}", file=sys.stderr, flush=True)
+from .pipeline.progress import to_stderr
 
 
 def _table(rows: list[dict], columns: Sequence[str]) -> str:
@@ -25,7 +22,7 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     from .zoo import zoo_rows
 
-    rows = zoo_rows(args.pattern, progress=_progress)
+    rows = zoo_rows(args.pattern, progress=to_stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -55,7 +52,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
                        fp16_threshold=args.fp16_threshold)
     print(f"deploy-attn export {cfg.name} -> {cfg.directory}", file=sys.stderr)
-    result = export_job(cfg, progress=_progress)
+    result = export_job(cfg, progress=to_stderr)
     rep = result.report
     for r in rep["parity"]["fp32"]["results"]:
         top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r["top1_agreement"] is not None else ""
@@ -135,14 +132,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         from .pipeline.engine import read_sidecar
 
         precision = read_sidecar(args.engine)["precision"]
-        r = engine_parity(directory, Path(args.engine), precision, _progress)
+        r = engine_parity(directory, Path(args.engine), precision, to_stderr)
         _print_parity(f"engine {Path(args.engine).name} ({precision})", r)
         if not r["ok"]:
             raise DeployAttnError(f"{args.target}: engine {args.engine} is outside the "
                                   f"{precision} tolerance")
         return 0
     failed = []
-    for precision, r in verify_artifacts(directory, _progress).items():
+    for precision, r in verify_artifacts(directory, to_stderr).items():
         _print_parity(f"{r['file']} ({precision})", r)
         print(f"  {r['trt_check']['summary']}")
         if not r["ok"] or (args.trt and not r["trt_check"]["ok"]):
@@ -162,7 +159,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                           calib_dir=args.calib_dir)
     entry = build_job(export, args.precision, min_batch=args.min_batch,
                       opt_batch=args.opt_batch, max_batch=args.max_batch,
-                      workspace_mib=args.workspace, progress=_progress)
+                      workspace_mib=args.workspace, progress=to_stderr)
     _print_parity(f"engine {entry['file']}", entry["parity"])
     print(f"trtexec equivalent: {entry['trtexec']}")
     return 0

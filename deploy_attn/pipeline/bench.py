@@ -24,6 +24,7 @@ from ..errors import ConfigError, DeployAttnError
 from ..registry import get_spec
 from .artifacts import library_versions, write_json
 from .parity import seeded_inputs
+from .progress import Progress, silent, to_stderr
 
 BENCH_FILE = "bench.json"  # beside report.json when bench(save=True)
 # backend -> the precision of the artifact it runs (None: the PyTorch reference module)
@@ -40,7 +41,7 @@ DEFAULT_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "tr
 
 # --- timing ----------------------------------------------------------------------------
 def interleaved_times(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: int,
-                      step: Callable[[str], None] | None = None, block: int = BLOCK,
+                      step: Progress | None = None, block: int = BLOCK,
                       settle_s: float = SETTLE_S) -> dict[str, list[float]]:
     """Milliseconds per call of each function: ``warmup`` untimed calls each, then rounds
     in which each function in turn runs untimed for ``settle_s`` seconds (at least once)
@@ -320,16 +321,10 @@ class ProgressBar:
 
 
 # --- the stage ------------------------------------------------------------------------
-def _noop(msg: str) -> None:
-    pass
-
-
-def _message(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+def _message(progress: bool | Progress) -> Progress:
     if callable(progress):
         return progress
-    if progress:
-        return lambda msg: print(f"  - {msg}", file=sys.stderr, flush=True)
-    return _noop
+    return to_stderr if progress else silent
 
 
 def check_backends(backends: Sequence[str]) -> list[str]:
@@ -343,7 +338,7 @@ def check_backends(backends: Sequence[str]) -> list[str]:
 
 
 def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory: Path,
-                     say: Callable[[str], None]) -> tuple[dict, dict[str, str]]:
+                     say: Progress) -> tuple[dict, dict[str, str]]:
     """The export report of ``directory`` and, per wanted precision, why its artifact is
     unavailable (empty when all are there). Missing precisions are exported first
     (with the settings of the existing export, or a dynamic batch when batch > 1 and
@@ -405,7 +400,7 @@ def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory
 def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
           threads: int = 2, runs: int = 50, warmup: int = 10,
           export_root: str | Path = Path("export"),
-          progress: bool | Callable[[str], None] = False, save: bool = False) -> BenchResult:
+          progress: bool | Progress = False, save: bool = False) -> BenchResult:
     """Latency of ``name`` on each backend at ``batch``, measured interleaved.
 
     Artifacts come from ``export_root/name`` (exported first where missing). ``progress``
@@ -483,7 +478,7 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
                    save)
 
 
-def _engine(directory: Path, precision: str, batch: int, say: Callable[[str], None]) -> Path:
+def _engine(directory: Path, precision: str, batch: int, say: Progress) -> Path:
     """The TensorRT engine of an export, built first when missing; refused when its
     sidecar says it belongs to another TensorRT or GPU."""
     from .engine import (DEFAULT_BATCH_RANGE, EngineConfig, build_engine, check_sidecar,

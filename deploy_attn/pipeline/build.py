@@ -2,23 +2,19 @@
 engine -> engine parity against the reference PyTorch model -> report.json."""
 from __future__ import annotations
 
-from typing import Callable
 
 from ..errors import ParityError
 from .artifacts import write_json
+from .progress import Progress, silent
 from .engine import EngineConfig, build_engine, engine_path_for, read_sidecar, require_tensorrt
 from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_job,
                   read_report)
 
 
-def _noop(msg: str) -> None:
-    pass
-
-
 def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = None,
               opt_batch: int | None = None, max_batch: int | None = None,
               workspace_mib: int | None = None,
-              progress: Callable[[str], None] = _noop) -> dict:
+              progress: Progress = silent) -> dict:
     """Build ``model.<precision>.engine`` in the export directory and check it; returns
     the engine's report entry. Fails first, before any work, without TensorRT or a GPU."""
     require_tensorrt(export.name, precision)

@@ -18,7 +18,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from ..errors import ArtifactError, ConfigError, DeployAttnError
 from .artifacts import atomic_path, library_versions, write_json
 from .export import INPUT_NAME
 from .onnx_io import load_onnx
+from .progress import Progress, silent
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH_RANGE = (1, 4, 16)  # min, opt, max for dynamic-batch exports
@@ -326,12 +327,8 @@ def check_sidecar(engine_path: str | Path, current: Mapping[str, Any]) -> dict:
     return record
 
 
-def _noop(msg: str) -> None:
-    pass
-
-
 def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConfig,
-                 progress: Callable[[str], None] = _noop) -> Path:
+                 progress: Progress = silent) -> Path:
     """Build a strongly typed engine from ``onnx_path`` with Polygraphy's loaders; write
     it atomically to ``engine_path`` and its sidecar to ``<engine>.json``."""
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)

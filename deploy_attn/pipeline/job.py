@@ -6,7 +6,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
 from .parity import FP32, check_onnx, compare, seeded_inputs, torch_outputs
 from .precision import AUTOCAST_MAX
+from .progress import Progress, silent
 from .simplify import simplify_onnx
 
 DEFAULT_ROOT = Path("export")
@@ -66,10 +66,6 @@ class ExportResult:
     report: dict = field(default_factory=dict)
 
 
-def _noop(msg: str) -> None:
-    pass
-
-
 def reference_model(cfg: ExportConfig) -> torch.nn.Module:
     """The reference PyTorch model an export is checked against (seeded or user weights)."""
     extra = {"num_classes": cfg.num_classes} if cfg.num_classes else {}
@@ -81,7 +77,7 @@ def reference_model(cfg: ExportConfig) -> torch.nn.Module:
     return model
 
 
-def export_job(cfg: ExportConfig, progress: Callable[[str], None] = _noop) -> ExportResult:
+def export_job(cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
     """Run the export job; raises ParityError (after writing report.json, and with no
     model.onnx left behind) when the ONNX output is outside the FP32 tolerance."""
     spec = get_spec(cfg.name)
@@ -176,7 +172,7 @@ def _trt_check(path: Path) -> dict:
 
 
 def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, tmp: Path,
-                     report: dict, progress: Callable[[str], None]) -> str | None:
+                     report: dict, progress: Progress) -> str | None:
     """Write model.<precision>.onnx if it meets its threshold; return a failure message
     otherwise (the artifact is then removed)."""
     from .calib import calibration_data, verification_data
@@ -294,7 +290,7 @@ def verify_inputs(report: dict, count: int) -> np.ndarray:
     return seeded_inputs((count,) + tuple(report["input_shape"][1:]))
 
 
-def verify_artifacts(directory: Path, progress: Callable[[str], None] = _noop) -> dict:
+def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     """Re-check every ONNX artifact of an export against a freshly built reference:
     parity at each precision's tolerance and the TensorRT operator check."""
     from .parity import TOLERANCES, ort_outputs, ort_session
@@ -315,7 +311,7 @@ def verify_artifacts(directory: Path, progress: Callable[[str], None] = _noop) -
 
 
 def engine_parity(directory: Path, engine_path: Path, precision: str,
-                  progress: Callable[[str], None] = _noop) -> dict:
+                  progress: Progress = silent) -> dict:
     """Run a TensorRT engine on the export's seeded inputs (Polygraphy TrtRunner) and
     compare it with the reference PyTorch model at the precision's tolerance."""
     from .engine import engine_outputs
