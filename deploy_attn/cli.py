@@ -12,11 +12,9 @@ from .pipeline.progress import to_stderr
 
 
 def _table(rows: list[dict], columns: Sequence[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
-             "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    from .pipeline.bench import format_table
+
+    return format_table(columns, [[r.get(c, "") for c in columns] for r in rows])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
