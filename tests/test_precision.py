@@ -145,10 +145,10 @@ def test_auto_exclude_stops_at_the_target(tmp_path):
         score = cosine_scorer(model(torch.from_numpy(x)).numpy(), x)
     rows = int8_sensitivity(src, q, score)
     base = score(q)
-    assert auto_exclude(src, q, rows, score, target=base) == []
+    assert auto_exclude(src, q, rows, score, target=base, base=base) == []
     top = rows[0]["score_with_node_fp32"]
     assert top > base, rows[:3]
-    assert auto_exclude(src, q, rows, score, target=top) == [rows[0]["node"]]
+    assert auto_exclude(src, q, rows, score, target=top, base=base) == [rows[0]["node"]]
 
 
 def test_entropy_threshold_clips_outliers_not_the_distribution():

@@ -23,17 +23,13 @@ TensorRT rejects it (UINT8, non-zero zero points), so it is a separate artifact,
 """
 from __future__ import annotations
 
-import logging
-import tempfile
 from pathlib import Path
 
 import onnx
 
-from ..errors import ConfigError
-from .artifacts import atomic_path
 from .calib import CalibData
 from .onnx_io import load_onnx
-from .precision import CALIB_METHODS, PrecisionArtifact, _name_nodes, _Reader, _set_metadata
+from .precision import PrecisionArtifact, _name_nodes, static_qdq
 
 PRECISION = "int8-cpu"
 GATES = ("Softmax", "Sigmoid", "HardSigmoid")
@@ -70,49 +66,19 @@ def gate_paths(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
                       method: str = "minmax", reduce_range: bool = False,
-                      float_gates: bool = True) -> PrecisionArtifact:
+                      float_gates: bool = True, cache_dir: str | Path | None = None
+                      ) -> PrecisionArtifact:
     """INT8 Q/DQ for ONNX Runtime CPU: UINT8 asymmetric activations, INT8 symmetric
     per-channel weights, every op type ORT has an integer kernel for, calibrated on
     ``calib``; with ``float_gates`` the gates and the paths to the ops they scale stay
     FP32 (gate_paths). ``reduce_range`` (7-bit weights) avoids U8S8 saturation on x86 CPUs
     without VNNI; leave it off on VNNI machines (it costs accuracy)."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    if method not in CALIB_METHODS:
-        raise ConfigError(f"calibration method '{method}': choose from {', '.join(CALIB_METHODS)}")
-    src = Path(src)
     model = _name_nodes(load_onnx(src))
-    inp = model.graph.input[0]
-    dim0 = inp.type.tensor_type.shape.dim[0]
-    batch = dim0.dim_value if dim0.dim_value else len(calib.inputs)
     excluded = gate_paths(model) if float_gates else []
-    quiet = logging.getLogger()  # quantize_static logs a pre-processing hint at WARNING
-    level = quiet.level
-    with tempfile.TemporaryDirectory() as tmp:
-        named, out = Path(tmp) / "named.onnx", Path(tmp) / "int8-cpu.onnx"
-        onnx.save(model, str(named))
-        quiet.setLevel(logging.ERROR)
-        try:
-            quantize_static(
-                str(named), str(out), _Reader(inp.name, calib.inputs, batch),
-                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                nodes_to_exclude=excluded,
-                calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                  "entropy": CalibrationMethod.Entropy,
-                                  "percentile": CalibrationMethod.Percentile}[method],
-                calibration_cache_path=Path(tmp) / "calib.json",
-                extra_options={"CalibPercentile": 99.999})
-        finally:
-            quiet.setLevel(level)
-        q = load_onnx(out)
-    _set_metadata(q, "deploy_attn.precision", PRECISION)
-    _set_metadata(q, TARGET_METADATA, "onnxruntime-cpu (not a TensorRT input)")
-    _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
-    with atomic_path(dst) as tmp_dst:
-        onnx.save(q, str(tmp_dst))
-        load_onnx(tmp_dst)
+    q = static_qdq(model, dst, calib, method, precision=PRECISION, activation_type="uint8",
+                   op_types=None, exclude=excluded, extra_options={},
+                   reduce_range=reduce_range, cache_dir=cache_dir,
+                   metadata={TARGET_METADATA: "onnxruntime-cpu (not a TensorRT input)"})
     ops = [n.op_type for n in q.graph.node]
     dq_out = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = sorted({n.op_type for n in q.graph.node if n.op_type != "QuantizeLinear"

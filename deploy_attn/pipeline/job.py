@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from ..models import create_model
 from ..registry import get_spec
 from ..rewrite import patch_for_deploy, summarize
 from .artifacts import library_versions, write_json
+from .calib import CalibData, calibration_data, verification_data
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
 from .parity import FP32, check_onnx, compare, seeded_inputs, torch_outputs
@@ -104,10 +106,7 @@ def export_job(cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
         "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
         if cfg.dynamic_batch else {},
         "seed": cfg.seed, "weights": str(cfg.weights) if cfg.weights else "seeded",
-        "config": {"channels": cfg.channels, "input_size": cfg.input_size,
-                   "num_classes": cfg.num_classes, "seed": cfg.seed,
-                   "weights": str(cfg.weights.resolve()) if cfg.weights else None,
-                   "dynamic_batch": cfg.dynamic_batch, "opset": cfg.opset},
+        "config": _config_dict(cfg),
         "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
                      "deploy_vs_reference_torch": rewrite_error.as_dict()},
     }
@@ -144,11 +143,10 @@ def export_job(cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
             f"{cfg.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
             f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs {max(r.max_abs for r in results):.3g}, "
             f"max rel {max(r.max_rel for r in results):.3g}); see {report_path}")
-        for precision in cfg.precisions if ok else ():
-            if precision == "fp32":
-                continue
-            failure = _precision_stage(cfg, spec, shape, reference, precision, Path(tmp),
-                                       report, progress)
+        stages = [p for p in cfg.precisions if p != "fp32"] if ok else []
+        checks = _checks(cfg, spec, shape, reference) if stages else None
+        for precision in stages:
+            failure = _precision_stage(cfg, spec, checks, precision, Path(tmp), report, progress)
             if failure:
                 break
     rejected = [f"{report['files'][p]}: {c['summary']}"
@@ -165,62 +163,89 @@ def export_job(cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
     return ExportResult(model_path, report_path, report)
 
 
+def export_adding(cfg: ExportConfig, add: Sequence[str],
+                  progress: Progress = silent) -> ExportResult:
+    """Export again with the precisions ``add`` on top of those the export in
+    ``cfg.directory`` already has, with that export's settings (``cfg`` only for a new
+    directory), so its report keeps every artifact it lists."""
+    directory = cfg.directory
+    have: list[str] = []
+    if (directory / REPORT_FILE).is_file():
+        report = read_report(directory)
+        cfg = config_from_report(report, directory)
+        have = list(report.get("files", {}))
+    wanted = set(have) | set(add)
+    # fp16 before int8: the job stops at the first precision that fails its check
+    return export_job(replace(cfg, precisions=tuple(p for p in PRECISIONS[1:] if p in wanted)),
+                      progress)
+
+
 def _trt_check(path: Path) -> dict:
     from .trt_check import check_trt_support
 
     return check_trt_support(path).as_dict()
 
 
-def _precision_stage(cfg: ExportConfig, spec, shape, reference, precision: str, tmp: Path,
+@dataclass(frozen=True)
+class _Checks:
+    """What every precision stage of one export shares."""
+    calib: CalibData  # calibration inputs
+    verify: CalibData  # verification inputs, disjoint from them
+    ref: np.ndarray  # the reference model's outputs on verify.inputs
+
+
+def _checks(cfg: ExportConfig, spec, shape, reference) -> _Checks:
+    verify = verification_data(spec, shape, cfg.calib_dir, cfg.calib_count, cfg.verify_count)
+    return _Checks(calibration_data(spec, shape, cfg.calib_dir, cfg.calib_count), verify,
+                   torch_outputs(reference, verify.inputs))
+
+
+def _precision_stage(cfg: ExportConfig, spec, checks: _Checks, precision: str, tmp: Path,
                      report: dict, progress: Progress) -> str | None:
     """Write model.<precision>.onnx if it meets its threshold; return a failure message
     otherwise (the artifact is then removed)."""
-    from .calib import calibration_data, verification_data
     from .parity import TOLERANCES, ort_outputs, ort_session
     from .precision import (auto_exclude, convert_fp16, cosine_scorer, int8_sensitivity,
                             quantize_int8)
 
     out = cfg.directory
-    dst = out / artifact_name(precision)
+    src, dst = out / MODEL_FILE, out / artifact_name(precision)
     tol = TOLERANCES[precision]
-    calib = calibration_data(spec, shape, cfg.calib_dir, cfg.calib_count)
-    verify = verification_data(spec, shape, cfg.calib_dir, cfg.calib_count, cfg.verify_count)
-    x = verify.inputs  # disjoint from the calibration inputs
-    ref = torch_outputs(reference, x)
+    calib, verify, ref = checks.calib, checks.verify, checks.ref
+    x = verify.inputs
     staged = tmp / dst.name
     details: dict = {}
     if precision == "fp16":
         progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
-        details = convert_fp16(out / MODEL_FILE, staged, calib, cfg.fp16_threshold).details
+        details = convert_fp16(src, staged, calib, cfg.fp16_threshold).details
     elif precision == "int8-cpu":
         from .cpu_int8 import quantize_int8_cpu
 
         progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
-        details = quantize_int8_cpu(out / MODEL_FILE, staged, calib, cfg.calib_method).details
+        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=tmp).details
     else:
-        exclude = tuple(cfg.exclude)
+        auto = tuple(cfg.exclude) == ("auto",)
         progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
-        if cfg.sensitivity or exclude == ("auto",):
+        artifact = quantize_int8(src, staged, calib, cfg.calib_method,
+                                 () if auto else cfg.exclude, cache_dir=tmp)
+        if cfg.sensitivity or auto:
             scorer = cosine_scorer(ref, x)
-            quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method, cache_dir=tmp)
-            if exclude == ("auto",) and not cfg.sensitivity and scorer(staged) >= tol.min_cosine:
-                exclude = ()  # fully quantized already meets the threshold
-            else:
+            base = scorer(staged)
+            if cfg.sensitivity or base < tol.min_cosine:
                 progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
-                rows = int8_sensitivity(out / MODEL_FILE, staged, scorer, progress)
+                rows = int8_sensitivity(src, staged, scorer, progress, base=base)
                 details["sensitivity"] = rows
-            if exclude == ("auto",):
-                def confirm(nodes: list[str]) -> float:
-                    quantize_int8(out / MODEL_FILE, confirmed, calib, cfg.calib_method,
-                                  nodes, cache_dir=tmp)
-                    return scorer(confirmed)
+            if auto and base < tol.min_cosine:
+                def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
+                    nonlocal artifact
+                    artifact = quantize_int8(src, staged, calib, cfg.calib_method, nodes,
+                                             cache_dir=tmp)
+                    return scorer(staged)
 
-                confirmed = tmp / "int8-confirm.onnx"
-                exclude = tuple(auto_exclude(out / MODEL_FILE, staged, rows, scorer,
-                                             tol.min_cosine, confirm=confirm))
-                progress(f"int8 --exclude auto: {len(exclude)} node(s) left FP32")
-        details.update(quantize_int8(out / MODEL_FILE, staged, calib, cfg.calib_method,
-                                     exclude, cache_dir=tmp).details)
+                chosen = auto_exclude(src, staged, rows, scorer, tol.min_cosine, base,
+                                      confirm=confirm)
+                progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
+        details.update(artifact.details)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
     result = compare(ort_outputs(ort_session(staged), x), ref, tol,
                      classifier=spec.num_classes is not None)
@@ -275,19 +300,39 @@ def read_report(directory: Path) -> dict:
     return report
 
 
+_PATHS, _TUPLES = ("weights", "calib_dir"), ("input_size", "precisions", "exclude")
+
+
+def _config_dict(cfg: ExportConfig) -> dict:
+    """``cfg`` as JSON values (absolute paths), everything but the output directory."""
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _PATHS and value is not None:
+            value = str(Path(value).resolve())
+        out[f.name] = list(value) if f.name in _TUPLES and value is not None else value
+    del out["out_dir"]
+    return out
+
+
 def config_from_report(report: dict, directory: Path) -> ExportConfig:
-    """The ExportConfig that produced ``report`` (to rebuild the same reference model)."""
-    c = report["config"]
-    return ExportConfig(name=report["name"], out_dir=Path(directory), channels=c["channels"],
-                        input_size=tuple(c["input_size"]) if c["input_size"] else None,
-                        num_classes=c["num_classes"], seed=c["seed"],
-                        weights=Path(c["weights"]) if c["weights"] else None,
-                        dynamic_batch=c["dynamic_batch"], opset=c["opset"])
+    """The ExportConfig that produced ``report``: the same reference model, calibration
+    and verification inputs (settings an older report lacks take their defaults)."""
+    known = {f.name for f in fields(ExportConfig)}
+    c = {k: v for k, v in report["config"].items() if k in known}
+    for k in _PATHS:
+        c[k] = Path(c[k]) if c.get(k) else None
+    for k in _TUPLES:
+        if c.get(k) is not None:
+            c[k] = tuple(c[k])
+    return ExportConfig(**{**c, "name": report["name"], "out_dir": Path(directory)})
 
 
-def verify_inputs(report: dict, count: int) -> np.ndarray:
-    """The seeded inputs every artifact check of this export uses."""
-    return seeded_inputs((count,) + tuple(report["input_shape"][1:]))
+def verify_inputs(cfg: ExportConfig, report: dict, count: int) -> np.ndarray:
+    """The verification inputs of the export (held-out calibration images, else the
+    seeded set), ``count`` of them."""
+    return verification_data(get_spec(cfg.name), tuple(report["input_shape"]), cfg.calib_dir,
+                             cfg.calib_count, count).inputs
 
 
 def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
@@ -298,7 +343,7 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     report = read_report(directory)
     cfg = config_from_report(report, directory)
     reference = reference_model(cfg)
-    x = verify_inputs(report, cfg.verify_count)
+    x = verify_inputs(cfg, report, cfg.verify_count)
     ref = torch_outputs(reference, x)
     results = {}
     for precision, file in report.get("files", {}).items():
@@ -321,7 +366,7 @@ def engine_parity(directory: Path, engine_path: Path, precision: str,
     cfg = config_from_report(report, directory)
     reference = reference_model(cfg)
     batch = report["input_shape"][0]
-    x = verify_inputs(report, cfg.verify_count * batch)
+    x = verify_inputs(cfg, report, cfg.verify_count * batch)
     progress(f"engine parity: {engine_path.name} on {len(x)} inputs vs PyTorch")
     outs = engine_outputs(engine_path, [x[i:i + batch] for i in range(0, len(x), batch)])
     result = compare(np.concatenate(outs), torch_outputs(reference, x), TOLERANCES[precision],

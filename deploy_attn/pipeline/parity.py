@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -106,16 +106,20 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
         raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
 
 
-def ort_outputs(session, x: np.ndarray) -> np.ndarray:
-    """Outputs for a batch; a static-batch model is run one sample at a time."""
+def ort_batches(session, x: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """Every output of ``session`` on ``x``, one list per run: a dynamic-batch model runs
+    ``x`` at once, a static-batch one in slices of its batch."""
     inp = session.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    if fixed is None or fixed == x.shape[0]:
-        return session.run(None, {inp.name: x})[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else x.shape[0]
     if x.shape[0] % fixed:
         raise ArtifactError(f"batch {x.shape[0]} is not a multiple of the model's batch {fixed}")
-    return np.concatenate([session.run(None, {inp.name: x[i:i + fixed]})[0]
-                           for i in range(0, x.shape[0], fixed)])
+    for i in range(0, x.shape[0], fixed):
+        yield session.run(None, {inp.name: x[i:i + fixed]})
+
+
+def ort_outputs(session, x: np.ndarray) -> np.ndarray:
+    """The first output for a batch; a static-batch model is run one slice at a time."""
+    return np.concatenate([outs[0] for outs in ort_batches(session, x)])
 
 
 def check_onnx(path: str | Path, reference: nn.Module, shapes: Sequence[Sequence[int]],

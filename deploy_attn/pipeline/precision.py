@@ -20,12 +20,13 @@ from ..errors import ConfigError
 from .artifacts import atomic_path
 from .calib import CalibData
 from .onnx_io import load_onnx, toposort
-from .parity import ort_outputs, ort_session
+from .parity import compare, ort_batches, ort_outputs, ort_session
 
 AUTOCAST_MAX = 512.0  # NVIDIA ModelOpt AutoCast: keep a node FP32 above this magnitude
 FP16_MAX = 65504.0
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+PRECISION_METADATA = "deploy_attn.precision"  # ONNX metadata: which precision stage wrote it
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,8 @@ def tensor_ranges(model: onnx.ModelProto, inputs: np.ndarray) -> dict[str, float
         onnx.save(probe, str(path))
         session = ort_session(path)
         names = [o.name for o in session.get_outputs()]
-        inp = session.get_inputs()[0]
-        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else inputs.shape[0]
-        ranges: dict[str, float] = {inp.name: float(np.abs(inputs).max())}
-        for i in range(0, inputs.shape[0], fixed):
-            outs = session.run(None, {inp.name: inputs[i:i + fixed]})
+        ranges: dict[str, float] = {session.get_inputs()[0].name: float(np.abs(inputs).max())}
+        for outs in ort_batches(session, inputs):
             for name, value in zip(names, outs):
                 if np.issubdtype(value.dtype, np.floating) and value.size:
                     ranges[name] = max(ranges.get(name, 0.0), float(np.abs(value).max()))
@@ -174,7 +172,7 @@ def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
     fp16 = toposort(convert_float_to_float16(model, keep_io_types=True,
                                              node_block_list=[k.name for k in kept]))
     round_trips = _drop_cast_round_trips(fp16)
-    _set_metadata(fp16, "deploy_attn.precision", "fp16")
+    _set_metadata(fp16, PRECISION_METADATA, "fp16")
     if calib.preprocess:
         _set_metadata(fp16, "deploy_attn.preprocess", calib.preprocess.as_dict())
     with atomic_path(dst) as tmp:
@@ -234,58 +232,85 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, levels: int = ENTROPY
     return float(edges[best_i])
 
 
-def _entropy_ranges(src: Path, reader: _Reader, cache: Path) -> None:
+def _entropy_ranges(src: Path, reader: _Reader, op_types: Sequence[str] | None,
+                    cache: Path) -> None:
     """Entropy (KL) calibration as TensorRT does it, written to ONNX Runtime's calibration
     cache. ONNX Runtime's own entropy calibrator histograms signed values and spreads its
     quantized bins over both signs, so 128 bins model 64 levels per side (a 7-bit grid,
     which picks clipping thresholds far too low: cosine 0.32 on mobilenetv2_ca where
     minmax gave 0.85), and its pure-Python search took minutes. Here ONNX Runtime's
-    percentile collector gathers the histograms of |x| and the search is vectorised."""
+    percentile collector gathers the histograms of |x| and the search is vectorised; each
+    range is the observed one clipped to the threshold (so asymmetric activations keep
+    their sign range)."""
     from onnxruntime.quantization import CalibrationMethod, save_tensors_data
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
 
     with tempfile.TemporaryDirectory() as tmp:
         calibrator = create_calibrator(
-            src, list(QUANTIZED_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            src, list(op_types) if op_types else None,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"symmetric": True, "num_bins": ENTROPY_BINS, "percentile": 100.0})
         calibrator.collect_data(reader)
         ranges = {}
-        for name, (hist, edges, *_) in calibrator.collector.histogram_dict.items():
-            t = np.array(entropy_threshold(hist, edges), dtype=np.float32)
-            ranges[name] = (-t, t, hist, edges)
+        for name, (hist, edges, low, high) in calibrator.collector.histogram_dict.items():
+            t = np.float32(entropy_threshold(hist, edges))
+            ranges[name] = (np.array(max(low, -t), np.float32),
+                            np.array(min(high, t), np.float32), hist, edges)
         save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)
 
 
-def _quantize(src: Path, dst: Path, calib: CalibData, method: str, exclude: Sequence[str],
-              cache: Path) -> None:
+def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method: str, *,
+               precision: str, activation_type: str, op_types: Sequence[str] | None,
+               exclude: Sequence[str], extra_options: dict, reduce_range: bool = False,
+               cache_dir: str | Path | None = None,
+               metadata: dict | None = None) -> onnx.ModelProto:
+    """ONNX Runtime's ``quantize_static`` in QDQ format with per-channel INT8 weights on
+    ``model`` (nodes named), calibrated on ``calib`` by ``method`` (entropy by
+    _entropy_ranges), written atomically to ``dst`` with ``precision`` and the calibration
+    in its metadata (plus ``metadata``). ``activation_type`` is "int8" or "uint8"; the calibration cache
+    (per precision and method) is kept in ``cache_dir`` for re-quantizing with other
+    exclusions. Returns the quantized model."""
+    import logging
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = load_onnx(src, check=False)
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"calibration method '{method}': choose from {', '.join(CALIB_METHODS)}")
     inp = model.graph.input[0]
-    dim0 = inp.type.tensor_type.shape.dim[0]
-    batch = dim0.dim_value if dim0.dim_value else len(calib.inputs)
-    if method == "entropy" and not cache.is_file():
-        _entropy_ranges(src, _Reader(inp.name, calib.inputs, batch), cache)
-    quantize_static(
-        str(src), str(dst), _Reader(inp.name, calib.inputs, batch),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=list(exclude),
-        calibrate_method={"minmax": CalibrationMethod.MinMax,
-                          "entropy": CalibrationMethod.Entropy,
-                          "percentile": CalibrationMethod.Percentile}[method],
-        calibration_cache_path=cache,
-        extra_options={
-            # deploy: TensorRT takes symmetric INT8 only (zero point 0), per-tensor
-            # activations and per-channel weights; Conv/Gemm/MatMul outputs stay float so
-            # they fuse with what follows; biases stay float (TensorRT quantizes them).
-            "ActivationSymmetric": True, "WeightSymmetric": True,
-            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
-            "QuantizeBias": False,
-            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
-            "CalibPercentile": 99.999,
-        })
+    batch = inp.type.tensor_type.shape.dim[0].dim_value or len(calib.inputs)
+    root = logging.getLogger()  # quantize_static logs a pre-processing hint at WARNING
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "named.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save(model, str(src))
+        cache = Path(cache_dir or tmp) / f"calib-{precision}-{method}.json"
+        if method == "entropy" and not cache.is_file():
+            _entropy_ranges(src, _Reader(inp.name, calib.inputs, batch), op_types, cache)
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(
+                str(src), str(out), _Reader(inp.name, calib.inputs, batch),
+                quant_format=QuantFormat.QDQ, weight_type=QuantType.QInt8, per_channel=True,
+                activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation_type],
+                reduce_range=reduce_range, op_types_to_quantize=list(op_types) if op_types else None,
+                nodes_to_exclude=list(exclude),
+                calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                  "entropy": CalibrationMethod.Entropy,
+                                  "percentile": CalibrationMethod.Percentile}[method],
+                calibration_cache_path=cache,
+                extra_options={"CalibPercentile": 99.999, **extra_options})
+        finally:
+            root.setLevel(level)
+        q = load_onnx(out)
+    _set_metadata(q, PRECISION_METADATA, precision)
+    _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
+    for key, value in (metadata or {}).items():
+        _set_metadata(q, key, value)
+    with atomic_path(dst) as tmp_dst:
+        onnx.save(q, str(tmp_dst))
+        load_onnx(tmp_dst)
+    return q
 
 
 def _residual_adds(model: onnx.ModelProto) -> int:
@@ -304,8 +329,6 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
                   ) -> PrecisionArtifact:
     """Explicit Q/DQ INT8 in the form TensorRT accepts (ONNX Runtime's quantize_static,
     QDQ format, symmetric, per-channel weights), calibrated on ``calib``."""
-    if method not in CALIB_METHODS:
-        raise ConfigError(f"calibration method '{method}': choose from {', '.join(CALIB_METHODS)}")
     src = Path(src)
     model = _name_nodes(load_onnx(src))
     targets = _quantizable(model)
@@ -316,19 +339,19 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
     if unknown:
         raise ConfigError(f"--exclude: {', '.join(unknown)} not among the quantizable nodes "
                           f"({', '.join(targets[:6])}{', ...' if len(targets) > 6 else ''})")
-    with tempfile.TemporaryDirectory() as tmp:
-        named = Path(tmp) / "named.onnx"
-        onnx.save(model, str(named))
-        cache = Path(cache_dir or tmp) / f"calib-{method}.json"
-        out = Path(tmp) / "int8.onnx"
-        _quantize(named, out, calib, method, exclude, cache)
-        q = load_onnx(out)
+    q = static_qdq(
+        model, dst, calib, method, precision="int8", activation_type="int8",
+        op_types=QUANTIZED_OPS, exclude=exclude, cache_dir=cache_dir,
+        extra_options={
+            # deploy: TensorRT takes symmetric INT8 only (zero point 0), per-tensor
+            # activations and per-channel weights; Conv/Gemm/MatMul outputs stay float so
+            # they fuse with what follows; biases stay float (TensorRT quantizes them).
+            "ActivationSymmetric": True, "WeightSymmetric": True,
+            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+            "QuantizeBias": False,
+            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
+        })
     residual = _residual_adds(q)
-    _set_metadata(q, "deploy_attn.precision", "int8")
-    _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
-    with atomic_path(dst) as tmp_dst:
-        onnx.save(q, str(tmp_dst))
-        load_onnx(tmp_dst)
     ops = [n.op_type for n in q.graph.node]
     return PrecisionArtifact(Path(dst), {
         "method": method, "calibration": calib.as_dict(),
@@ -362,14 +385,15 @@ def leave_fp32(int8: onnx.ModelProto, fp32: onnx.ModelProto,
 
 
 def int8_sensitivity(src: str | Path, int8: str | Path, score: Callable[[Path], float],
-                     progress: Callable[[str], None] | None = None) -> list[dict]:
+                     progress: Callable[[str], None] | None = None,
+                     base: float | None = None) -> list[dict]:
     """Per quantized node: the score (e.g. cosine vs the reference) of the INT8 graph with
-    that node alone left FP32, and its gain over the fully quantized graph; most
-    sensitive first."""
+    that node alone left FP32, and its gain over the INT8 graph's own score ``base``
+    (scored here when not given); most sensitive first."""
     fp32 = _name_nodes(load_onnx(src))
     q = load_onnx(int8)
     targets = [n for n in _quantizable(fp32) if n in {m.name for m in q.graph.node}]
-    base = score(Path(int8))
+    base = score(Path(int8)) if base is None else base
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "one.onnx"
@@ -386,21 +410,24 @@ def int8_sensitivity(src: str | Path, int8: str | Path, score: Callable[[Path], 
 
 
 def auto_exclude(src: str | Path, int8: str | Path, rows: list[dict],
-                 score: Callable[[Path], float], target: float, max_fraction: float = 0.25,
+                 score: Callable[[Path], float], target: float, base: float,
+                 max_fraction: float = 0.25,
                  confirm: Callable[[list[str]], float] | None = None) -> list[str]:
-    """The fewest most-sensitive nodes to leave FP32 for ``score >= target``, at most
-    ``max_fraction`` of the quantized nodes. Candidates are scored on the bypassed graph
-    (cheap); ``confirm(nodes)``, when given, re-quantizes with ``nodes`` excluded and
-    scores that, and nodes are added until the real artifact meets the target too
-    (recalibrating without them shifts the scales of their neighbours)."""
+    """The fewest most-sensitive nodes to leave FP32 for ``score >= target`` (none when
+    the INT8 graph's own score ``base`` meets it), at most ``max_fraction`` of the
+    quantized nodes. Candidates are scored on the bypassed graph (cheap); ``confirm(nodes)``,
+    when given, re-quantizes with ``nodes`` excluded and scores that, and nodes are added
+    until the real artifact meets the target too (recalibrating without them shifts the
+    scales of their neighbours); its last call is with the nodes returned."""
+    if base >= target:
+        return []
     fp32, q = _name_nodes(load_onnx(src)), load_onnx(int8)
     candidates = rows[: max(1, int(len(rows) * max_fraction))]
     chosen: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.onnx"
-        for row in [None] + candidates:
-            if row is not None:
-                chosen.append(row["node"])
+        for row in candidates:
+            chosen.append(row["node"])
             onnx.save(leave_fp32(q, fp32, chosen), str(path))
             if score(path) >= target:
                 break
@@ -413,11 +440,7 @@ def auto_exclude(src: str | Path, int8: str | Path, rows: list[dict],
 
 def cosine_scorer(reference_outputs: np.ndarray, inputs: np.ndarray) -> Callable[[Path], float]:
     """Cosine similarity of an ONNX file's outputs on ``inputs`` to ``reference_outputs``."""
-    ref = reference_outputs.astype(np.float64).ravel()
-
     def score(path: Path) -> float:
-        out = ort_outputs(ort_session(path), inputs).astype(np.float64).ravel()
-        denom = np.linalg.norm(out) * np.linalg.norm(ref)
-        return float(out @ ref / denom) if denom else 0.0
+        return compare(ort_outputs(ort_session(path), inputs), reference_outputs).cosine
 
     return score
