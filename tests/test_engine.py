@@ -146,9 +146,13 @@ def test_onnx_precision_is_read_from_the_graph(tmp_path, kind):
 
 
 def test_precision_metadata_of_the_precision_stages_wins(tmp_path):
+    """Tagged the way the FP16/INT8 stages tag their files (their own helper), the
+    metadata decides over the graph."""
+    from deploy_attn.pipeline.precision import PRECISION_METADATA, _set_metadata
+
     path = _tiny_onnx(tmp_path / "tagged.onnx", "fp32")
     model = onnx.load(path)
-    model.metadata_props.add(key=eng.PRECISION_METADATA, value='"fp16"')
+    _set_metadata(model, PRECISION_METADATA, "fp16")
     onnx.save(model, path)
     assert eng.onnx_precision(path) == "fp16"
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DeployAttnError
+from ..errors import ArtifactError, ConfigError, DeployAttnError, ParityError
 from ..registry import get_spec
 from .artifacts import library_versions, write_json
 from .parity import seeded_inputs
@@ -189,14 +189,10 @@ def torch_runner(model, x: np.ndarray) -> Callable[[], Any]:
 def trt_runner(engine_path: Path, x: np.ndarray) -> Iterator[Callable[[], Any]]:
     """A TensorRT engine run through Polygraphy's TrtRunner: host input -> device ->
     host output, as an application calling it from NumPy would (copies included)."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.datatype import DataType
+    from .engine import engine_runner
 
-    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
-        name, meta = next(iter(runner.get_input_metadata(use_numpy_dtypes=False).items()))
-        feed = {name: np.ascontiguousarray(x, dtype=DataType.to_dtype(meta.dtype, "numpy"))}
-        yield lambda: runner.infer(feed)
+    with engine_runner(engine_path) as run:
+        yield lambda: run(x)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -337,18 +333,38 @@ def check_backends(backends: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(backends))
 
 
+def _failed(report: dict | None, path: Path) -> dict[str, str]:
+    """Per precision whose artifact failed its check in the export, why (FP32 failing
+    means no artifact at all)."""
+    from .job import PRECISIONS
+
+    if not report:
+        return {}
+    fp32 = report.get("parity", {}).get("fp32", {})
+    if fp32 and not fp32.get("ok", True):
+        return {p: f"the FP32 export failed its parity check; see {path}" for p in PRECISIONS}
+    reasons = {}
+    for p, entry in (report.get("precisions") or {}).items():
+        if not entry.get("ok", True):
+            r = (entry.get("results") or [{}])[0]
+            reasons[p] = (f"the {p} artifact failed its parity check in the last export "
+                          f"(cosine {r.get('cosine', float('nan')):.4f}, need >= "
+                          f"{entry.get('tolerance', {}).get('min_cosine')}); see {path}")
+    return reasons
+
+
 def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory: Path,
                      say: Progress) -> tuple[dict, dict[str, str]]:
     """The export report of ``directory`` and, per wanted precision, why its artifact is
-    unavailable (empty when all are there). Missing precisions are exported first
-    (with the settings of the existing export, or a dynamic batch when batch > 1 and
-    there is none yet); a precision that fails its parity check is a reason, not an error.
+    unavailable (empty when all are there). Missing precisions are exported first (added
+    to the existing export with its settings, or a new one with a dynamic batch when
+    batch > 1); a precision that fails its parity check is a reason, not an error.
     A batch > 1 against a fixed-batch export is a ConfigError: re-export it."""
-    from .job import ExportConfig, config_from_report, export_job, read_report
+    from .job import REPORT_FILE, ExportConfig, config_from_report, export_adding, read_report
 
-    report_path = directory / "report.json"
-    if report_path.is_file():
-        report = read_report(directory)
+    report_path = directory / REPORT_FILE
+    report = read_report(directory) if report_path.is_file() else None
+    if report is not None:
         cfg = config_from_report(report, directory)
         fixed = report["input_shape"][0] if not cfg.dynamic_batch else None
         if fixed is not None and fixed != batch:
@@ -357,44 +373,30 @@ def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory
                 f"cannot run on it; re-export with 'deploy-attn export {name} -o {directory} "
                 "--dynamic-batch' (or bench --batch 1)")
     else:
-        report = None
         cfg = ExportConfig(name=name, out_dir=directory, dynamic_batch=batch > 1)
 
-    def have() -> set[str]:
+    def available() -> set[str]:
         files = (report or {}).get("files", {})
         return {p for p, f in files.items() if (directory / f).is_file()}
 
-    reasons: dict[str, str] = {}
-    for p, entry in ((report or {}).get("precisions") or {}).items():
-        if p in precisions and not entry.get("ok", True):  # failed before: say so, don't redo
-            r = (entry.get("results") or [{}])[0]
-            reasons[p] = (f"the {p} artifact failed its parity check in the last export "
-                          f"(cosine {r.get('cosine', float('nan')):.4f}, need >= "
-                          f"{entry.get('tolerance', {}).get('min_cosine')}); see {report_path}")
     while True:
-        missing = [p for p in precisions if p not in have() and p not in reasons]
+        reasons = {p: r for p, r in _failed(report, report_path).items() if p in precisions}
+        missing = [p for p in precisions if p not in available() and p not in reasons]
         if not missing:
             return report, reasons
-        keep = sorted(have() - {"fp32"})
-        # fp16 before int8: the job stops at the first precision that fails its check
-        order = [p for p in ("fp16", "int8", "int8-cpu") if p in set(missing) | set(keep)]
-        say(f"export {name} -> {directory} ({', '.join(['fp32'] + order)}): "
-            f"{', '.join(missing)} missing")
-        stamp = report_path.stat().st_mtime_ns if report_path.is_file() else None
+        say(f"export {name} -> {directory}: {', '.join(missing)} missing")
+        before = (available(), set(reasons))
         try:
-            export_job(ExportConfig(**{**cfg.__dict__, "precisions": tuple(order)}), say)
-        except DeployAttnError as exc:
-            if not report_path.is_file() or report_path.stat().st_mtime_ns == stamp:
-                raise  # failed before exporting anything: not a precision's failure
-            report = read_report(directory)
-            absent = [p for p in ["fp32"] + order if p not in have()]
-            if not absent:
-                raise
-            reasons[absent[0]] = f"export failed: {exc}"
-            if absent[0] == "fp32":  # nothing else can be exported
-                reasons.update({p: reasons["fp32"] for p in precisions})
-        else:
-            report = read_report(directory)
+            export_adding(cfg, missing, say)
+        except ParityError:
+            pass  # a precision failed its check: the report says which
+        except ArtifactError:
+            if read_report(directory).get("status") != "trt-rejected":
+                raise  # TensorRT's operator check alone leaves the ONNX files usable here
+        report = read_report(directory)
+        if (available(), {p for p in _failed(report, report_path) if p in precisions}) == before:
+            raise ArtifactError(f"{name}: exporting {', '.join(missing)} produced nothing; "
+                                f"see {report_path}")
 
 
 def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
@@ -479,21 +481,26 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
 
 
 def _engine(directory: Path, precision: str, batch: int, say: Progress) -> Path:
-    """The TensorRT engine of an export, built first when missing; refused when its
-    sidecar says it belongs to another TensorRT or GPU."""
-    from .engine import (DEFAULT_BATCH_RANGE, EngineConfig, build_engine, check_sidecar,
-                         current_environment, engine_path_for, onnx_input)
-    from .job import artifact_name
+    """The TensorRT engine of an export, built and parity-checked first (the build job)
+    when missing; refused when it has no passing parity check in the report or its
+    sidecar says it belongs to another TensorRT or GPU (a latency is only given for an
+    engine known to compute the right thing)."""
+    from .build import build_job
+    from .engine import check_sidecar, current_environment, engine_path_for
+    from .job import REPORT_FILE, config_from_report, read_report
 
     engine = engine_path_for(directory, precision)
+    report = read_report(directory)
     if not engine.is_file():
-        onnx_path = directory / artifact_name(precision)
-        dynamic = onnx_input(onnx_path)[1] is None
-        options = {"opt_batch": batch, "max_batch": max(batch, DEFAULT_BATCH_RANGE[2])} \
-            if dynamic else {}
-        say(f"trt-{precision}: building {engine.name}")
-        build_engine(onnx_path, engine, EngineConfig.from_onnx(onnx_path, precision, **options),
-                     say)
+        say(f"trt-{precision}: building and checking {engine.name}")
+        build_job(config_from_report(report, directory), precision, opt_batch=batch,
+                  progress=say)
+        report = read_report(directory)
+    parity = report.get("engines", {}).get(precision, {}).get("parity", {})
+    if not parity.get("ok"):
+        raise ArtifactError(f"{engine.name} has no passing engine parity check in "
+                            f"{directory / REPORT_FILE}; run 'deploy-attn build "
+                            f"{directory.name} --precision {precision}'")
     check_sidecar(engine, current_environment(directory.name, precision))
     return engine
 

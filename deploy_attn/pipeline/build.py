@@ -2,13 +2,12 @@
 engine -> engine parity against the reference PyTorch model -> report.json."""
 from __future__ import annotations
 
-
 from ..errors import ParityError
 from .artifacts import write_json
-from .progress import Progress, silent
 from .engine import EngineConfig, build_engine, engine_path_for, read_sidecar, require_tensorrt
-from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_job,
+from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_adding,
                   read_report)
+from .progress import Progress, silent
 
 
 def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = None,
@@ -22,8 +21,7 @@ def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = N
     onnx_path = directory / artifact_name(precision)
     if not onnx_path.is_file():
         progress(f"{onnx_path} is missing: exporting it first")
-        precisions = () if precision == "fp32" else (precision,)
-        export_job(ExportConfig(**{**export.__dict__, "precisions": precisions}), progress)
+        export_adding(export, [precision], progress)
     options = {k: v for k, v in dict(min_batch=min_batch, opt_batch=opt_batch,
                                      max_batch=max_batch, workspace_mib=workspace_mib).items()
                if v is not None}

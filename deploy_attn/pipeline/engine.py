@@ -11,6 +11,7 @@ CUDA GPU, which the Docker image in ``docker/`` provides. ``tensorrt`` and
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -18,7 +19,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from ..errors import ArtifactError, ConfigError, DeployAttnError
 from .artifacts import atomic_path, library_versions, write_json
 from .export import INPUT_NAME
 from .onnx_io import load_onnx
+from .precision import PRECISION_METADATA
 from .progress import Progress, silent
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -114,10 +116,9 @@ class EngineConfig:
         """The config for ``onnx_path``: input name, sample shape and static/dynamic batch
         read from the file; ``options`` are the other fields (min_batch, workspace_mib...)."""
         name, batch, sample = onnx_input(onnx_path)
-        cfg = cls(precision=precision, sample_shape=sample, input_name=name,
-                  static_batch=batch, **options)
-        check_onnx_matches(cfg, onnx_path)
-        return cfg
+        _check_precision(onnx_path, precision)  # the rest is read from the file itself
+        return cls(precision=precision, sample_shape=sample, input_name=name,
+                   static_batch=batch, **options)
 
 
 def onnx_input(onnx_path: str | Path) -> tuple[str, int | None, tuple[int, ...]]:
@@ -136,9 +137,6 @@ def onnx_input(onnx_path: str | Path) -> tuple[str, int | None, tuple[int, ...]]
         raise ConfigError(f"{onnx_path}: input '{inputs[0].name}' has shape {shape}; only the "
                           "batch axis may be dynamic")
     return inputs[0].name, sizes[0], tuple(int(s) for s in sizes[1:])
-
-
-PRECISION_METADATA = "deploy_attn.precision"  # written by the FP16/INT8 stages
 
 
 def onnx_precision(onnx_path: str | Path) -> str:
@@ -180,11 +178,15 @@ def check_onnx_matches(cfg: EngineConfig, onnx_path: str | Path) -> None:
         have = f"a fixed batch of {batch}" if batch else "a dynamic batch"
         want = f"a fixed batch of {cfg.static_batch}" if cfg.static_batch else "a dynamic batch"
         raise ConfigError(f"{onnx_path}: the input has {have}, the config expects {want}")
+    _check_precision(onnx_path, cfg.precision)
+
+
+def _check_precision(onnx_path: str | Path, precision: str) -> None:
     graph = onnx_precision(onnx_path)
-    if graph != cfg.precision:
+    if graph != precision:
         raise ConfigError(
-            f"{onnx_path} is a {graph} graph, not {cfg.precision}: engines are built strongly "
-            f"typed, so the precision comes from the ONNX (use the {cfg.precision} ONNX)")
+            f"{onnx_path} is a {graph} graph, not {precision}: engines are built strongly "
+            f"typed, so the precision comes from the ONNX (use the {precision} ONNX)")
 
 
 def profile_shapes(cfg: EngineConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -398,25 +400,28 @@ def _check_inputs(record: Mapping[str, Any], inputs: Sequence[np.ndarray]) -> st
     return name
 
 
-def engine_outputs(engine_path: str | Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run the engine once per input array (after check_sidecar) with Polygraphy's
-    TrtRunner; the first output for each, copied to host memory."""
-    record = check_sidecar(engine_path, current_environment(precision=None))
-    name = _check_inputs(record, inputs)
-
+@contextlib.contextmanager
+def engine_runner(engine_path: str | Path) -> Iterator[Callable[[np.ndarray], dict]]:
+    """A loaded engine (Polygraphy's TrtRunner) as ``run(x) -> outputs``: ``x`` is cast
+    to the engine's input type; outputs live in the runner's reused host buffers."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.datatype import DataType
 
-    outputs = []
     with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
-        meta = runner.get_input_metadata(use_numpy_dtypes=False)[name]
+        name, meta = next(iter(runner.get_input_metadata(use_numpy_dtypes=False).items()))
         dtype = DataType.to_dtype(meta.dtype, "numpy")
-        for x in inputs:
-            result = runner.infer({name: np.ascontiguousarray(x, dtype=dtype)})
-            # the runner reuses its host buffers between calls: copy
-            outputs.append(np.array(next(iter(result.values())), copy=True))
-    return outputs
+        yield lambda x: runner.infer({name: np.ascontiguousarray(x, dtype=dtype)})
+
+
+def engine_outputs(engine_path: str | Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run the engine once per input array (after check_sidecar and a profile check);
+    the first output for each, copied to host memory."""
+    record = check_sidecar(engine_path, current_environment(precision=None))
+    _check_inputs(record, inputs)
+    with engine_runner(engine_path) as run:
+        # the runner reuses its host buffers between calls: copy
+        return [np.array(next(iter(run(x).values())), copy=True) for x in inputs]
 
 
 def _sha256(path: str | Path) -> str:
