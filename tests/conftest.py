@@ -11,6 +11,28 @@ ATTENTION_NAMES = deploy_attn.list_models(kind="attention")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def _trt_missing() -> str | None:
+    from deploy_attn.pipeline.engine import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt("se")
+    except TensorRTUnavailable as exc:
+        return str(exc)
+    return None
+
+
+TRT_MISSING = _trt_missing()  # why TensorRT engines cannot be built here, or None
+
+
+def needs_trt(test):
+    """Mark ``test`` trt and gpu, and skip it with the reason where either is missing."""
+    for mark in (pytest.mark.trt, pytest.mark.gpu,
+                 pytest.mark.skipif(TRT_MISSING is not None,
+                                    reason=f"needs TensorRT and a CUDA GPU: {TRT_MISSING}")):
+        test = mark(test)
+    return test
+
+
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory):
     """Exports shared by the tests of one session: (name, dynamic_batch) -> ExportResult."""

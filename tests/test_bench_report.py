@@ -25,11 +25,8 @@ from deploy_attn.pipeline.report import write_report
 from deploy_attn.models import create_model
 from deploy_attn.registry import get_spec
 
-try:
-    require_tensorrt()
-    TRT_REASON = None
-except TensorRTUnavailable as exc:
-    TRT_REASON = str(exc)
+from .conftest import TRT_MISSING
+
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def test_bench_numbers_and_skipped_tensorrt(exports):
     assert data == json.loads((root / "se" / "bench.json").read_text())
     assert [b["backend"] for b in data["backends"]] == list(DEFAULT_BACKENDS)
     for b in data["backends"]:
-        if b["backend"].startswith("trt-") and TRT_REASON:
+        if b["backend"].startswith("trt-") and TRT_MISSING:
             assert b["status"] == "skipped" and b["latency"] is None
             with pytest.raises(TensorRTUnavailable) as exc:
                 require_tensorrt("se", b["precision"])
@@ -68,7 +65,7 @@ def test_bench_numbers_and_skipped_tensorrt(exports):
     table = result.table()
     for b in DEFAULT_BACKENDS:
         assert re.search(rf"^{b}\s", table, re.M), table
-    if TRT_REASON:
+    if TRT_MISSING:
         assert re.search(r"^trt-fp16\s+skipped\s+cannot build", table, re.M), table
         header, rows = latency_table(data)
         assert all(r[1] == "skipped" and not any(c[0].isdigit() for c in r[2:6] if c)
@@ -191,7 +188,7 @@ def test_report_renders_in_headless_chromium(exports, tmp_path):
     assert np.any(np.all(rgb == (0x2b, 0x6c, 0xb0), axis=-1))
 
 
-@pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present here")
+@pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are present here")
 def test_bench_tensorrt_only_exports_nothing_without_tensorrt(tmp_path):
     result = bench("se", backends=["trt-fp16", "trt-int8"], export_root=tmp_path)
     assert [b.status for b in result.backends] == ["skipped", "skipped"]

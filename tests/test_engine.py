@@ -21,6 +21,8 @@ from deploy_attn.pipeline.engine import (EngineConfig, EngineMismatch, TensorRTU
                                          check_sidecar, environment_mismatches,
                                          profile_shapes, require_tensorrt, trtexec_command)
 
+from .conftest import needs_trt
+
 SAMPLE = (3, 224, 224)
 ENV = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H200", "compute_capability": "9.0"}
 PRECISION_FLAGS = ("--fp16", "--int8", "--bf16", "--fp8", "--best", "--calib")
@@ -199,7 +201,7 @@ def test_sidecar_path_is_engine_dot_json(tmp_path):
 
 def test_same_environment_passes(tmp_path):
     engine = _engine_with_sidecar(tmp_path, precision="fp32")
-    assert check_sidecar(engine, dict(ENV))["precision"] == "fp32"
+    assert check_sidecar(engine, dict(ENV)) == eng.read_sidecar(engine)
     assert environment_mismatches(ENV, dict(ENV)) == []
 
 
@@ -306,11 +308,12 @@ def test_require_tensorrt_stub_package(fake_tensorrt, monkeypatch):
 def test_current_environment_with_tensorrt_and_gpu(fake_tensorrt, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: ENV["gpu"])
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
-    assert require_tensorrt() is fake_tensorrt
-    assert eng.current_environment() == ENV
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (8, 6))
+    env = eng.current_environment()
+    assert (env["gpu"], env["compute_capability"]) == ("GPU 1", "8.6")  # the current device
+    assert env["tensorrt"] == fake_tensorrt.__version__
 
 
 def test_build_and_run_refuse_cleanly_without_tensorrt(no_tensorrt, tmp_path):
@@ -331,24 +334,6 @@ def test_import_needs_no_tensorrt():
 
 # --- real engines (TensorRT and a CUDA GPU) ----------------------------------------------
 
-def _trt_missing() -> str | None:
-    try:
-        require_tensorrt("se")
-    except TensorRTUnavailable as exc:
-        return str(exc)
-    return None
-
-
-TRT_MISSING = _trt_missing()
-
-
-def needs_trt(test):
-    """Mark ``test`` trt and gpu, and skip it with the reason where either is missing."""
-    for mark in (pytest.mark.trt, pytest.mark.gpu,
-                 pytest.mark.skipif(TRT_MISSING is not None,
-                                    reason=f"needs TensorRT and a CUDA GPU: {TRT_MISSING}")):
-        test = mark(test)
-    return test
 
 
 @pytest.fixture(scope="module")

@@ -261,10 +261,9 @@ def test_packaged_matrix():
 
 def test_packaged_matrix_equals_shared_copy():
     shared = SHARED / "data" / MATRIX_FILE
-    if not shared.is_file():
-        pytest.skip(f"no shared copy of the matrix at {shared} to compare with")
-    packaged = load_matrix()
-    assert load_matrix(shared) == packaged
+    if not SHARED.is_dir():  # a clone outside the workplace has no ../shared at all
+        pytest.skip(f"no {SHARED} beside the repository to compare with")
+    assert shared.is_file(), f"{SHARED} is here but holds no {MATRIX_FILE}"
     from importlib import resources
     text = (resources.files("deploy_attn") / "data" / MATRIX_FILE).read_text()
     assert json.loads(text) == json.loads(shared.read_text())

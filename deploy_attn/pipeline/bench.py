@@ -137,23 +137,25 @@ def environment() -> dict:
 
 # --- runners -----------------------------------------------------------------------------
 def ort_options(threads: int) -> dict:
-    """The session options every ONNX Runtime backend uses (stated in the result)."""
-    return {"provider": "CPUExecutionProvider", "graph_optimization_level": "ORT_ENABLE_ALL",
-            "intra_op_num_threads": threads, "inter_op_num_threads": 1,
-            "execution_mode": "ORT_SEQUENTIAL"}
+    """The session options every ONNX Runtime backend uses, read back from the options
+    object its sessions are made with (stated in the result)."""
+    from .parity import ort_session_options
+
+    opts = ort_session_options(threads, sequential=True)
+    return {"provider": "CPUExecutionProvider",
+            "graph_optimization_level": opts.graph_optimization_level.name,
+            "intra_op_num_threads": opts.intra_op_num_threads,
+            "inter_op_num_threads": opts.inter_op_num_threads,
+            "execution_mode": opts.execution_mode.name}
 
 
-def ort_bench_session(path: str | Path, threads: int):
+def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
     """An ONNX Runtime CPU session as a deployment would configure it: every graph
     optimisation (fusions, NCHWc layouts, Q/DQ -> QLinear ops), a fixed intra-op thread
     count, no inter-op parallelism."""
     from .parity import ort_session
 
-    return ort_session(path, threads, sequential=True)
-
-
-def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
-    session = ort_bench_session(path, threads)
+    session = ort_session(path, threads, sequential=True)
     feed = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feed)
 

@@ -79,13 +79,12 @@ def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model.eval()(torch.from_numpy(x)).numpy()
 
 
-def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
-                profile_prefix: str | Path | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation; ``threads`` fixes the
+def ort_session_options(threads: int | None = None, sequential: bool = False,
+                        profile_prefix: str | Path | None = None):
+    """ONNX Runtime session options with every graph optimisation; ``threads`` fixes the
     intra-op threads, ``sequential`` turns off inter-op parallelism (as a deployment and
     the benchmarks configure it), ``profile_prefix`` turns on ORT's per-node profiler
-    (``session.end_profiling()`` returns its JSON file). A file ORT cannot load is an
-    ArtifactError."""
+    (``session.end_profiling()`` returns its JSON file)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -99,6 +98,16 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    return opts
+
+
+def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
+                profile_prefix: str | Path | None = None):
+    """A CPU session on ``path`` with ort_session_options; a file ORT cannot load is an
+    ArtifactError."""
+    import onnxruntime as ort
+
+    opts = ort_session_options(threads, sequential, profile_prefix)
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
