@@ -16,12 +16,13 @@ def _seed_for(name: str, seed: int) -> int:
 
 
 @torch.no_grad()
-def seeded_init(model: nn.Module, seed: int) -> None:
+def seeded_init(model: nn.Module, seed: int, bn_stats: bool = True) -> None:
     """Deterministic weights with ranges a trained network would have.
 
     PyTorch's default init leaves BatchNorm at identity statistics and zero-initialised
     residual scales (DANet's gamma, Shuffle Attention's weights) at zero; a parity check
-    of a branch multiplied by zero proves nothing, so such constants get seeded noise.
+    of a branch multiplied by zero proves nothing, so such constants get seeded noise, and
+    with ``bn_stats`` so do BatchNorm statistics (backbones re-estimate theirs instead).
     """
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
@@ -29,7 +30,7 @@ def seeded_init(model: nn.Module, seed: int) -> None:
         if flat.numel() and bool((flat == flat[0]).all()):  # constant init (0, 1, a scale)
             noise = 0.25 * torch.randn(p.shape, generator=gen)
             p.add_(noise if flat[0] == 0 else p * noise)
-    for m in model.modules():
+    for m in model.modules() if bn_stats else ():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
             m.running_var.uniform_(0.5, 1.5, generator=gen)
@@ -49,7 +50,7 @@ def create_model(name: str, *, channels: int | None = None,
     with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
         torch.manual_seed(seed)
         model = build(spec, channels=channels, input_size=input_size, **kwargs)
-    seeded_init(model, seed)
+    seeded_init(model, seed, bn_stats=spec.kind != "backbone")
     if spec.kind == "backbone":
         recalibrate_bn(model, spec.input_shape(8, channels, input_size), seed,
                        classifier=spec.num_classes is not None)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import deploy_attn
+from deploy_attn.backbones import mobilenetv2, resnet, unet
 from deploy_attn.models import build
 from deploy_attn.pipeline.onnx_io import shape_ops
 from deploy_attn.registry import get_spec
@@ -113,3 +114,27 @@ def _check_export(result, name, dynamic):
     if name.endswith("_ca"):
         ops = {n.op_type for n in model.graph.node}
         assert "HardSwish" in ops and "Div" not in ops
+
+
+@pytest.mark.parametrize("name,sites", [
+    ("mobilenetv2_se", mobilenetv2.attention_sites()),
+    ("resnet18_se", resnet.attention_sites(1)),
+    ("resnet50_se", resnet.attention_sites(4)),
+    ("unet_se", unet.attention_sites()[0]),
+    ("unet_pam", unet.attention_sites()[1]),  # quadratic modules: the bridge only
+])
+def test_declared_attention_sites_are_where_attention_runs(name, sites):
+    """The (channels, size) sites a backbone declares to decide which attention modules
+    fit are the shapes its attention modules actually receive (they are computed apart
+    from the model, so they could drift)."""
+    spec = get_spec(name)
+    attn_cls = type(build(get_spec(name.split("_", 1)[1]), channels=64))
+    model = deploy_attn.create_model(name)
+    seen = set()
+    for m in model.modules():
+        if type(m) is attn_cls:
+            m.register_forward_hook(lambda m, a, out: seen.add((a[0].shape[1],
+                                                                tuple(a[0].shape[2:]))))
+    with torch.no_grad():
+        model(torch.zeros(spec.input_shape(1)))
+    assert seen == set(sites), (sorted(seen), sorted(set(sites)))

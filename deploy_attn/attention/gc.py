@@ -25,7 +25,7 @@ class GlobalContext(nn.Module):
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  act_layer: str = "relu") -> None:
         super().__init__()
-        hidden = max(1, make_divisible(channels * rd_ratio, rd_divisor, min_value=1))
+        hidden = make_divisible(channels * rd_ratio, rd_divisor, min_value=1)
         self.conv_mask = nn.Conv2d(channels, 1, kernel_size=1)
         self.transform = nn.Sequential(
             nn.Conv2d(channels, hidden, kernel_size=1),

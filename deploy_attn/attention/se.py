@@ -8,20 +8,20 @@ import torch.nn as nn
 
 from ..layers import create_act, make_divisible
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
 
 
 class SqueezeExcite(nn.Module):
     """Global average pool -> FC (C -> C*rd_ratio) -> act -> FC -> gate, times the input.
 
     ``bias=True`` matches the SENet paper's parameter counts (SE-ResNet-50: 28.09M); the
-    seed blog's copy drops the biases.
+    seed blog's copy drops the biases. No deploy twin: the dynamo exporter already turns
+    ``view(b, ...)`` into constant reshapes with a dynamic batch (checked in test_export).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  bias: bool = True, act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
         super().__init__()
-        hidden = max(1, make_divisible(channels * rd_ratio, rd_divisor, min_value=1))
+        hidden = make_divisible(channels * rd_ratio, rd_divisor, min_value=1)
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden, bias=bias),
@@ -34,15 +34,6 @@ class SqueezeExcite(nn.Module):
         b, c, _, _ = x.size()
         y = self.avg_pool(x).view(b, c)
         return x * self.fc(y).view(b, c, 1, 1)
-
-
-@deploy_twin(SqueezeExcite)
-class SqueezeExciteDeploy(SqueezeExcite):
-    """static reshapes: flatten(1) and reshape(-1, C, 1, 1) instead of view(b, ...)"""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fc(self.avg_pool(x).flatten(1))
-        return x * y.reshape(-1, x.shape[1], 1, 1)
 
 
 ATTENTION.register("se", SqueezeExcite, paper="Squeeze-and-Excitation Networks (CVPR 2018)",

@@ -56,7 +56,7 @@ class MobileNetV2(nn.Module):
         super().__init__()
         blocks, last = _blocks(width_mult)
         divisor = 4 if width_mult == 0.1 else 8
-        stem = make_divisible(32 * width_mult, divisor)
+        stem = blocks[0][0]  # the first block's input width
         layers: list[nn.Module] = [ConvBNAct(in_channels, stem, 3, 2, act_layer="relu6")]
         layers += [InvertedResidual(i, o, s, t, attn) for i, o, s, t in blocks]
         self.features = nn.Sequential(*layers)

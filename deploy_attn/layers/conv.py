@@ -48,5 +48,5 @@ class ConvBNAct(nn.Sequential):
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                       dilation=dilation, groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
-            create_act(act_layer) if isinstance(act_layer, str) else act_layer(),
+            create_act(act_layer),
         )
