@@ -53,9 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_job(cfg, progress=to_stderr)
     rep = result.report
     for r in rep["parity"]["fp32"]["results"]:
-        top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r["top1_agreement"] is not None else ""
-        print(f"parity fp32 batch {r['batch']}: max abs {r['max_abs']:.2e}, max rel "
-              f"{r['max_rel']:.2e}, cosine {r['cosine']:.8f}{top1}")
+        _print_parity(f"parity fp32 batch {r['batch']}", r)
     nodes = rep["nodes"]
     rewrites = ", ".join(f"{a['source']}->{a['target']} x{a['count']}"
                          for a in rep["rewrites"]["applied"]) or "none"
@@ -63,12 +61,12 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"rewrites: {rewrites}")
     for precision, entry in rep.get("precisions", {}).items():
         r = entry["results"][0]
-        top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r["top1_agreement"] is not None else ""
         extra = (f"{len(entry['fp32_kept_nodes'])} nodes kept FP32" if precision == "fp16" else
+                 f"{len(entry['float_nodes'])} nodes left float ({entry['method']})"
+                 if precision == "int8-cpu" else
                  f"{entry['quantized_nodes']} nodes quantized ({entry['method']}), "
                  f"{len(entry['excluded_nodes'])} excluded")
-        print(f"parity {precision} ({r['batch']} inputs): cosine {r['cosine']:.6f}, max abs "
-              f"{r['max_abs']:.2e}{top1}; {extra}")
+        _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
     files = ", ".join(str(result.model_path.parent / f) for f in rep["files"].values())
     print(f"wrote {files} and {result.report_path}")
     return 0
@@ -81,6 +79,7 @@ def _csv(value: str) -> list[str]:
 def cmd_export_all(args: argparse.Namespace) -> int:
     from . import list_models
     from .pipeline.job import ExportConfig, export_job
+    from .pipeline.report import worst_result
 
     names = list_models(args.pattern)
     if not names:
@@ -92,7 +91,7 @@ def cmd_export_all(args: argparse.Namespace) -> int:
         try:
             rep = export_job(ExportConfig(name=name, out_dir=args.root / name,
                                           dynamic_batch=args.dynamic_batch)).report
-            worst = max(rep["parity"]["fp32"]["results"], key=lambda r: r["max_abs"])
+            worst = worst_result(rep["parity"]["fp32"]["results"])
             row.update(status="ok", max_abs=f"{worst['max_abs']:.1e}",
                        cosine=f"{worst['cosine']:.6f}", nodes=rep["nodes"]["total_after"])
         except DeployAttnError as exc:
@@ -104,10 +103,12 @@ def cmd_export_all(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _print_parity(label: str, r: dict) -> None:
+def _print_parity(label: str, r: dict, extra: str = "") -> None:
+    """One line of parity figures (a ParityResult as a dict)."""
     top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r.get("top1_agreement") is not None else ""
-    print(f"{label}: cosine {r['cosine']:.6f}, max abs {r['max_abs']:.2e}, max rel "
-          f"{r['max_rel']:.2e}{top1} -> {'ok' if r['ok'] else 'FAILED'}")
+    print(f"{label}: cosine {r['cosine']:.8f}, max abs {r['max_abs']:.2e}, max rel "
+          f"{r['max_rel']:.2e}{top1} -> {'ok' if r['ok'] else 'FAILED'}"
+          f"{f'; {extra}' if extra else ''}")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

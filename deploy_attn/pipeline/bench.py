@@ -434,7 +434,7 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
                     key=list(BACKENDS.values()).index)
     if all(r.reason for r in results.values()):  # nothing can run here: export nothing
         shape = list(get_spec(name).input_shape(batch))
-        return _result(name, batch, threads, runs, warmup, shape, results, {}, t0, directory,
+        return _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
                        save)
     report, reasons = ensure_artifacts(name, ["fp32"] + wanted, batch, directory, say)
     for b in backends:
@@ -478,7 +478,7 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
     for b, t in times.items():
         results[b].status = "ok"
         results[b].latency = Latency.of(t, batch)
-    return _result(name, batch, threads, runs, warmup, shape, results, times, t0, directory,
+    return _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
                    save)
 
 
@@ -507,7 +507,7 @@ def _engine(directory: Path, precision: str, batch: int, say: Progress) -> Path:
     return engine
 
 
-def _result(name, batch, threads, runs, warmup, shape, results, times, t0, directory,
+def _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
             save) -> BenchResult:
     import torch
 

@@ -20,10 +20,11 @@ from typing import Sequence
 from ..errors import ArtifactError, ConfigError
 from .artifacts import atomic_path
 from .bench import BENCH_FILE, environment, latency_table, settings_line
+from .job import PRECISIONS, REPORT_FILE, read_report
+from .parity import FP16, FP32, INT8
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-cpu")
 
 
 # --- blocks: what the report says, independent of the format ---------------------------
@@ -56,11 +57,11 @@ Block = Heading | Para | Table | Plot
 
 # --- reading the export folders ----------------------------------------------------------
 def exported_names(export_root: str | Path) -> list[str]:
-    """Every folder under ``export_root`` with a report.json, sorted."""
+    """Every folder under ``export_root`` with an export report, sorted."""
     root = Path(export_root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "report.json").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / REPORT_FILE).is_file())
 
 
 def _read_json(path: Path) -> dict:
@@ -87,16 +88,14 @@ def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[M
     records = []
     for name in chosen:
         directory = root / name
-        if not (directory / "report.json").is_file():
-            raise ArtifactError(f"{directory}: no report.json; run 'deploy-attn export {name}'")
         bench_path = directory / BENCH_FILE
-        records.append(ModelRecord(name, directory, _read_json(directory / "report.json"),
+        records.append(ModelRecord(name, directory, read_report(directory),
                                    _read_json(bench_path) if bench_path.is_file() else None))
     return records
 
 
 # --- figures per precision ---------------------------------------------------------------
-def _worst(results: list[dict]) -> dict:
+def worst_result(results: list[dict]) -> dict:
     """One row summarising several batches: the largest errors, the lowest cosine."""
     if not results:
         return {}
@@ -115,8 +114,8 @@ def precision_entries(report: dict) -> dict[str, dict]:
     if "parity" in report and "fp32" in report["parity"]:
         entries["fp32"] = report["parity"]["fp32"]
     entries.update(report.get("precisions", {}))
-    return dict(sorted(entries.items(), key=lambda kv: PRECISION_ORDER.index(kv[0])
-                       if kv[0] in PRECISION_ORDER else len(PRECISION_ORDER)))
+    return dict(sorted(entries.items(), key=lambda kv: PRECISIONS.index(kv[0])
+                       if kv[0] in PRECISIONS else len(PRECISIONS)))
 
 
 def trt_summary(check: dict | None) -> str:
@@ -162,7 +161,7 @@ def precision_rows(rec: ModelRecord) -> list[list[str]]:
     files = rec.report.get("files", {})
     checks = rec.report.get("trt_check", {})
     for precision, entry in precision_entries(rec.report).items():
-        w = _worst(entry.get("results", []))
+        w = worst_result(entry.get("results", []))
         tol = entry.get("tolerance", {})
         need = (f"cos >= {tol['min_cosine']}" if tol.get("min_cosine") is not None
                 else f"atol {tol.get('atol')} / rtol {tol.get('rtol')}")
@@ -236,22 +235,22 @@ def parity_plot(records: list[ModelRecord]) -> bytes | None:
     fig = Figure(figsize=(max(10.0, 1.2 * len(records) + 4), 4.5))
     ax_abs, ax_cos = fig.subplots(1, 2)
     names = [r.name for r in records]
-    fp32 = [_worst(precision_entries(r.report).get("fp32", {}).get("results", [])).get("max_abs")
+    fp32 = [worst_result(precision_entries(r.report).get("fp32", {}).get("results", [])).get("max_abs")
             for r in records]
     ax_abs.bar(range(len(records)), [v or 0 for v in fp32], color="tab:blue")
-    ax_abs.axhline(1e-4, color="tab:red", ls="--", lw=1, label="atol 1e-4")
+    ax_abs.axhline(FP32.atol, color="tab:red", ls="--", lw=1, label=f"atol {FP32.atol:g}")
     ax_abs.set_title("FP32: max abs error vs PyTorch", fontsize=10)
     reduced = [p for p in precisions if p != "fp32"]
     width = 0.8 / max(1, len(reduced))
     for i, p in enumerate(reduced):
         xs, ys = [], []
         for j, r in enumerate(records):
-            w = _worst(precision_entries(r.report).get(p, {}).get("results", []))
+            w = worst_result(precision_entries(r.report).get(p, {}).get("results", []))
             if w:
                 xs.append(j + (i - (len(reduced) - 1) / 2) * width)
                 ys.append(max(1.0 - w["cosine"], 1e-12))
         ax_cos.bar(xs, ys, width, label=p)
-    for limit, label in ((1e-4, "fp16 limit"), (1e-2, "int8 limit")):
+    for limit, label in ((1 - FP16.min_cosine, "fp16 limit"), (1 - INT8.min_cosine, "int8 limit")):
         ax_cos.axhline(limit, ls="--", lw=1, color="gray")
         ax_cos.text(len(records) - 0.5, limit, label, fontsize=7, va="bottom", ha="right")
     ax_cos.set_title("FP16 / INT8: 1 - cosine vs PyTorch", fontsize=10)
@@ -275,7 +274,7 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
     overview = []
     for r in records:
         entries = precision_entries(r.report)
-        cos = {p: _worst(e.get("results", [])).get("cosine") for p, e in entries.items()}
+        cos = {p: worst_result(e.get("results", [])).get("cosine") for p, e in entries.items()}
         best = None
         if r.bench:
             timed = [b for b in r.bench["backends"] if b.get("latency")]
@@ -286,7 +285,7 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
         overview.append([r.name, r.report.get("kind", "?"),
                          "x".join(map(str, r.report.get("input_shape", []))),
                          str(nodes.get("total_after", "?")),
-                         _fmt(_worst(entries.get("fp32", {}).get("results", [])).get("max_abs")),
+                         _fmt(worst_result(entries.get("fp32", {}).get("results", [])).get("max_abs")),
                          _fmt(cos.get("fp16"), ".5f"), _fmt(cos.get("int8"), ".5f"),
                          best or "not benchmarked"])
     blocks += [Heading("Overview"),
