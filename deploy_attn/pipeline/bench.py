@@ -119,9 +119,9 @@ def cpu_flags() -> list[str]:
 def gpu_name() -> str | None:
     import torch
 
-    if torch.version.cuda is None or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(torch.cuda.current_device())
+    from .engine import _gpu_problem
+
+    return None if _gpu_problem() else torch.cuda.get_device_name(torch.cuda.current_device())
 
 
 def environment() -> dict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..errors import ParityError
 from .artifacts import write_json
-from .engine import EngineConfig, build_engine, engine_path_for, read_sidecar, require_tensorrt
+from .engine import (DEFAULT_WORKSPACE_MIB, EngineConfig, build_engine, engine_path_for,
+                     read_sidecar, require_tensorrt)
 from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_adding,
                   read_report)
 from .progress import Progress, silent
@@ -22,10 +23,9 @@ def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = N
     if not onnx_path.is_file():
         progress(f"{onnx_path} is missing: exporting it first")
         export_adding(export, [precision], progress)
-    options = {k: v for k, v in dict(min_batch=min_batch, opt_batch=opt_batch,
-                                     max_batch=max_batch, workspace_mib=workspace_mib).items()
-               if v is not None}
-    cfg = EngineConfig.from_onnx(onnx_path, precision, **options)
+    cfg = EngineConfig.from_onnx(onnx_path, precision, min_batch=min_batch,
+                                 opt_batch=opt_batch, max_batch=max_batch,
+                                 workspace_mib=workspace_mib or DEFAULT_WORKSPACE_MIB)
     engine = build_engine(onnx_path, engine_path_for(directory, precision), cfg, progress)
     parity = engine_parity(directory, engine, precision, progress)
     sidecar = read_sidecar(engine)

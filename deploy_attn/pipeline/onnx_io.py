@@ -29,10 +29,13 @@ def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
     return model
 
 
+def most_frequent_first(counts: collections.Counter) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Node counts by op type, most frequent first."""
-    counts = collections.Counter(n.op_type for n in model.graph.node)
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return most_frequent_first(collections.Counter(n.op_type for n in model.graph.node))
 
 
 SHAPE_OPS = ("Shape", "ConstantOfShape", "Size")

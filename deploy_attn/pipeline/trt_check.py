@@ -24,7 +24,7 @@ import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
 from ..errors import ArtifactError
-from .onnx_io import load_onnx
+from .onnx_io import load_onnx, most_frequent_first
 
 MATRIX_FILE = "trt_onnx_ops_10.16.json"
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -164,7 +164,7 @@ def check_trt_support(model: onnx.ModelProto | str | Path,
         label = node.name or f"#{index}"
         issues.extend(TrtIssue(label, node.op_type, r) for r in reasons)
     return TrtCheckResult(matrix.tensorrt_version, matrix.source, len(graph.nodes), rejected,
-                          issues, dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+                          issues, most_frequent_first(counts))
 
 
 class _GraphInfo:
