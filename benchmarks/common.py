@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 import deploy_attn
+from deploy_attn import export
 from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table,
                                         interleaved_times, torch_threads)
 from deploy_attn.pipeline.calib import calibration_data
-from deploy_attn.pipeline.job import ExportConfig, export_job
 from deploy_attn.pipeline.parity import INT8, compare, ort_outputs, ort_session, seeded_inputs
 from deploy_attn.pipeline.progress import to_stderr as log
 from deploy_attn.registry import get_spec
@@ -50,7 +50,7 @@ def exported(name: str, work: Path) -> Path:
     directory = work / name
     if not (directory / "model.onnx").is_file():
         log(f"export {name}")
-        export_job(ExportConfig(name=name, out_dir=directory))
+        export(name, out_dir=directory)
     return directory / "model.onnx"
 
 
@@ -71,7 +71,7 @@ def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
         dst = src.parent / f"model.{precision}.onnx"
         if not dst.is_file():
             log(f"quantize {name} {precision}")
-            calib = calib or calibration_data(spec, shape, None, CALIB_COUNT)
+            calib = calib or calibration_data(None, shape, None, CALIB_COUNT)
             fn(src, dst, calib)
         y = ort_outputs(ort_session(dst), x)
         out[precision] = (dst, compare(y, ref, INT8).cosine)

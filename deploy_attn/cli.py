@@ -34,31 +34,41 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_options(args: argparse.Namespace):
+    from .sources import SourceOptions, parse_model_args
+
+    return SourceOptions(
+        model_args=parse_model_args(args.model_arg), channels=args.channels,
+        input_size=tuple(args.input_size) if args.input_size else None,
+        num_classes=args.num_classes, seed=args.seed, weights=args.weights, ema=args.ema,
+        task=args.task, mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline.job import ExportConfig, export_job
-    from .registry import get_spec
+    from .sources import load_source
 
-    get_spec(args.name)  # an unknown name fails before anything is printed
-
-    cfg = ExportConfig(name=args.name, out_dir=args.output, channels=args.channels,
-                       input_size=tuple(args.input_size) if args.input_size else None,
-                       dynamic_batch=args.dynamic_batch, opset=args.opset,
+    cfg = ExportConfig(out_dir=args.output, dynamic_batch=args.dynamic_batch, opset=args.opset,
                        simplify=not args.no_simplify, approximate=args.approximate,
-                       weights=args.weights, num_classes=args.num_classes, seed=args.seed,
                        precisions=tuple(args.precision), calib_dir=args.calib_dir,
                        calib_count=args.calib_count, calib_method=args.calib_method,
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
                        fp16_threshold=args.fp16_threshold)
-    print(f"deploy-attn export {cfg.name} -> {cfg.directory}", file=sys.stderr)
-    result = export_job(cfg, progress=to_stderr)
+    card = load_source(args.model, _source_options(args))
+    print(f"deploy-attn export {card.label()} -> {cfg.directory(card)}", file=sys.stderr)
+    if card.weights:
+        print(f"  - weights {card.weights.path}: {card.weights.describe()}", file=sys.stderr)
+    result = export_job(card, cfg, progress=to_stderr)
     rep = result.report
     for r in rep["parity"]["fp32"]["results"]:
         _print_parity(f"parity fp32 batch {r['batch']}", r)
     nodes = rep["nodes"]
-    rewrites = ", ".join(f"{a['source']}->{a['target']} x{a['count']}"
-                         for a in rep["rewrites"]["applied"]) or "none"
-    print(f"nodes {nodes['total_before']} -> {nodes['total_after']} after simplify; "
-          f"rewrites: {rewrites}")
+    rewrites = ", ".join([f"{a['source']}->{a['target']} x{a['count']}"
+                          for a in rep["rewrites"]["applied"]] +
+                         [f"{p['name']} x{p['count']}" for p in rep["rewrites"]["graph"]])
+    print(f"nodes {nodes['total_before']} -> {nodes['total_after']} after graph passes and "
+          f"simplify; rewrites: {rewrites or 'none'}")
     for precision, entry in rep.get("precisions", {}).items():
         r = entry["results"][0]
         extra = (f"{len(entry['fp32_kept_nodes'])} nodes kept FP32" if precision == "fp16" else
@@ -67,8 +77,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                  f"{entry['quantized_nodes']} nodes quantized ({entry['method']}), "
                  f"{len(entry['excluded_nodes'])} excluded")
         _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
-    files = ", ".join(str(result.model_path.parent / f) for f in rep["files"].values())
-    print(f"wrote {files} and {result.report_path}")
+    weights = f" (weights: {card.weights.describe()})" if card.weights else ""
+    files = ", ".join(str(result.directory / f) for f in rep["files"].values())
+    print(f"wrote {files} and {result.report_path}{weights}")
     return 0
 
 
@@ -80,6 +91,7 @@ def cmd_export_all(args: argparse.Namespace) -> int:
     from . import list_models
     from .pipeline.job import ExportConfig, export_job
     from .pipeline.report import worst_result
+    from .sources import load_source
 
     names = list_models(args.pattern)
     if not names:
@@ -89,8 +101,8 @@ def cmd_export_all(args: argparse.Namespace) -> int:
         print(f"[{i}/{len(names)}] {name}", file=sys.stderr, flush=True)
         row = {"name": name}
         try:
-            rep = export_job(ExportConfig(name=name, out_dir=args.root / name,
-                                          dynamic_batch=args.dynamic_batch)).report
+            rep = export_job(load_source(name), ExportConfig(out_dir=args.root / name,
+                                                             dynamic_batch=args.dynamic_batch)).report
             worst = worst_result(rep["parity"]["fp32"]["results"])
             row.update(status="ok", max_abs=f"{worst['max_abs']:.1e}",
                        cosine=f"{worst['cosine']:.6f}", nodes=rep["nodes"]["total_after"])
@@ -103,6 +115,30 @@ def cmd_export_all(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def export_directory(target: str, output: Path | None, root: Path | None = None) -> Path:
+    """The export directory a command works on: ``-o DIR``, TARGET itself when it is an
+    export directory, else ``ROOT/TARGET`` for a registry name. With both a registry name
+    and ``-o``, the export there must be of that model."""
+    from .pipeline.job import DEFAULT_ROOT, REPORT_FILE, read_report
+    from .registry import get_spec
+
+    path = Path(target)
+    if output is None and (path / REPORT_FILE).is_file():
+        return path
+    if output is None and (path.is_dir() or "/" in target or target.endswith(".py")
+                           or ":" in target):
+        raise DeployAttnError(f"{target}: not an export directory (no {REPORT_FILE}); "
+                              "export it first, or give a registry name")
+    get_spec(target)  # an unknown name fails with close matches
+    directory = Path(output) if output is not None else (root or DEFAULT_ROOT) / target
+    if output is not None and (directory / REPORT_FILE).is_file():
+        exported = read_report(directory)["name"]
+        if exported != target:
+            raise DeployAttnError(f"{directory} holds an export of {exported}, not {target}; "
+                                  f"name {exported} or give another -o")
+    return directory
+
+
 def _print_parity(label: str, r: dict, extra: str = "") -> None:
     """One line of parity figures (a ParityResult as a dict)."""
     top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r.get("top1_agreement") is not None else ""
@@ -112,9 +148,8 @@ def _print_parity(label: str, r: dict, extra: str = "") -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .pipeline.job import DEFAULT_ROOT, engine_parity, verify_artifacts
+    from .pipeline.job import engine_parity, verify_artifacts
     from .pipeline.trt_check import check_trt_support
-    from .registry import get_spec
 
     target = Path(args.target)
     if target.suffix == ".onnx" or target.is_file():
@@ -125,8 +160,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise DeployAttnError(result.summary())
         print(result.summary())
         return 0
-    get_spec(args.target)
-    directory = args.output or DEFAULT_ROOT / args.target
+    directory = export_directory(args.target, args.output)
     if args.engine:
         from .pipeline.engine import read_sidecar
 
@@ -151,14 +185,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline.build import build_job
     from .pipeline.job import ExportConfig
-    from .registry import get_spec
+    from .sources import load_source
 
-    get_spec(args.name)
-    export = ExportConfig(name=args.name, out_dir=args.output, dynamic_batch=args.dynamic_batch,
-                          calib_dir=args.calib_dir)
-    entry = build_job(export, args.precision, min_batch=args.min_batch,
+    directory = export_directory(args.target, args.output)
+    fresh = None
+    if not (directory / "report.json").is_file():  # a registry name not exported yet
+        fresh = (load_source(args.target), ExportConfig(dynamic_batch=args.dynamic_batch,
+                                                        calib_dir=args.calib_dir))
+    entry = build_job(directory, args.precision, min_batch=args.min_batch,
                       opt_batch=args.opt_batch, max_batch=args.max_batch,
-                      workspace_mib=args.workspace, progress=to_stderr)
+                      workspace_mib=args.workspace, progress=to_stderr, fresh=fresh)
     _print_parity(f"engine {entry['file']}", entry["parity"])
     print(f"trtexec equivalent: {entry['trtexec']}")
     return 0
@@ -166,12 +202,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .pipeline.bench import bench
-    from .registry import get_spec
 
-    get_spec(args.name)
-    result = bench(args.name, args.backends, batch=args.batch, threads=args.threads,
-                   runs=args.runs, warmup=args.warmup, export_root=args.root,
-                   progress=True, save=args.save)
+    directory = export_directory(args.target, None, args.root)
+    result = bench(directory, args.backends, batch=args.batch, threads=args.threads,
+                   runs=args.runs, warmup=args.warmup, progress=True, save=args.save)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -189,6 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
+    from .sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
 
     p = argparse.ArgumentParser(prog="deploy-attn", description=__doc__)
     p.add_argument("--version", action="version", version=f"deploy-attn {__version__}")
@@ -199,18 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_list)
 
-    ex = sub.add_parser("export", help="rewrite, export, simplify and check one model")
-    ex.add_argument("name", help="registry name (see 'deploy-attn list')")
+    ex = sub.add_parser("export", help="rewrite, export, simplify and check one model",
+                        description="Export one model: a registry name (see 'deploy-attn "
+                        "list'), FILE.py:CALLABLE or package.module:CALLABLE (a class or "
+                        "factory returning an nn.Module), timm:NAME or torchvision:NAME.")
+    ex.add_argument("model", help="registry name, FILE.py:CALLABLE, package.module:CALLABLE, "
+                    "timm:NAME or torchvision:NAME")
     ex.add_argument("-o", "--output", type=Path, help="output directory (default export/NAME)")
     ex.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
-    ex.add_argument("--channels", type=int, help="input channels (attention modules)")
-    ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    ex.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for CALLABLE (repeatable; VALUE a Python literal)")
+    ex.add_argument("--channels", type=int, help="input channels (default: the registry "
+                    f"model's; {USER_CHANNELS} for other sources)")
+    ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="input height and width (default: the registry model's; "
+                         f"{USER_INPUT_SIZE[0]} {USER_INPUT_SIZE[1]} for other sources)")
+    ex.add_argument("--task", choices=TASKS, help="what the output is (default: the registry "
+                    "model's; inferred from the output shape for other sources)")
+    ex.add_argument("--mean", type=float, nargs="+", metavar="M",
+                    help="image preprocessing mean, per channel (default ImageNet for 3 "
+                         "channels, 0.5 otherwise)")
+    ex.add_argument("--std", type=float, nargs="+", metavar="S", help="preprocessing std")
     ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     ex.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     ex.add_argument("--approximate", action="store_true",
                     help="also apply rewrites that change numerics (the report states their error)")
-    ex.add_argument("--weights", type=Path, help="checkpoint to load (state_dict, or dict with state_dict/model)")
-    ex.add_argument("--num-classes", type=int, help="classifier/segmentation classes (backbones)")
+    ex.add_argument("--weights", type=Path,
+                    help="checkpoint (.pt/.pth/.safetensors): a state_dict, or a dict with one "
+                         "under state_dict/model/model_state_dict/state_dict_ema; public "
+                         "layouts (official CA, torchvision, timm) are mapped")
+    ex.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights "
+                    "(state_dict_ema) where it has raw ones too")
+    ex.add_argument("--num-classes", type=int, help="classifier/segmentation classes (registry "
+                    "backbones: e.g. a checkpoint's head width; other sources: num_classes=K)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
                     help="also write FP16 / INT8 artifacts: fp16, int8 or fp16,int8")
@@ -229,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="check an ONNX file against TensorRT's operator matrix, "
                         "or a model's artifacts / engine against PyTorch")
-    ck.add_argument("target", help="an .onnx file, or a registry name with an export directory")
+    ck.add_argument("target", help="an .onnx file, an export directory, or a registry name")
     ck.add_argument("--trt", action="store_true",
                     help="fail on nodes TensorRT 10.16's ONNX parser would reject")
     ck.add_argument("--engine", type=Path, help="a TensorRT engine of NAME to run and compare")
@@ -237,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.set_defaults(func=cmd_check)
 
     bd = sub.add_parser("build", help="build a strongly typed TensorRT engine and check it")
-    bd.add_argument("name", help="registry name (see 'deploy-attn list')")
+    bd.add_argument("target", help="an export directory, or a registry name")
     bd.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     bd.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
     bd.add_argument("--dynamic-batch", action="store_true",
@@ -252,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.bench import DEFAULT_BACKENDS
 
     bn = sub.add_parser("bench", help="latency per backend (PyTorch, ONNX Runtime, TensorRT)")
-    bn.add_argument("name", help="registry name")
+    bn.add_argument("target", help="an export directory, or a registry name (export/NAME)")
     bn.add_argument("--backends", type=_csv, default=list(DEFAULT_BACKENDS),
                     help=f"comma list (default {','.join(DEFAULT_BACKENDS)}; also ort-int8-cpu)")
     bn.add_argument("--batch", type=int, default=1)

@@ -81,6 +81,8 @@ def get_spec(name: str) -> ModelSpec:
         if name in reg:
             return reg.get(name)
     known = list_models()
-    close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+    folded = {n.lower(): n for n in known}  # `CA` suggests `ca`
+    close = [folded[n] for n in difflib.get_close_matches(name.lower(), list(folded), n=4,
+                                                            cutoff=0.5)]
     hint = f"; did you mean {', '.join(close)}?" if close else "; run 'deploy-attn list' to see all"
     raise UnknownModelError(f"unknown model '{name}'{hint}")

@@ -5,6 +5,11 @@ is *exact* (the same function: tested to float rounding against the reference) o
 *approximate* (changes numerics; applied only when asked for, and the export report states
 the error it caused). Attention files register their own twins with ``deploy_twin`` next to
 the reference class, so the table is filled when ``deploy_attn.attention`` is imported.
+
+The table holds what only the module can tell: EMAX's sampling, GroupNorm, 5-D layouts,
+adaptive pools. What the exported graph shows whoever wrote the module (h_sigmoid and
+h_swish written as ``ReLU6(x + 3) / 6``, shapes computed at run time) is rewritten on the
+ONNX graph instead (``graph_rewrite.py``), so it works on any model.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .layers import AxisMax, AxisMean, GroupNormDeploy, HSigmoid, HSwish, adaptive_pool_dims
+from .layers import AxisMax, AxisMean, GroupNormDeploy, adaptive_pool_dims
 
 Convert = Callable[[nn.Module], "nn.Module | None"]
 
@@ -92,10 +97,6 @@ def _gelu_tanh(m: nn.GELU) -> nn.Module | None:
     return nn.GELU(approximate="tanh") if m.approximate == "none" else None
 
 
-register_rewrite(HSigmoid, lambda m: nn.Hardsigmoid(), exact=True,
-                 note="ReLU6(x+3)/6 -> one HardSigmoid op (alpha 1/6)")
-register_rewrite(HSwish, lambda m: nn.Hardswish(), exact=True,
-                 note="x*ReLU6(x+3)/6 -> one HardSwish op")
 register_rewrite(nn.AdaptiveAvgPool2d, _adaptive_avg, exact=True,
                  note="adaptive average pool to 1 along an axis -> ReduceMean")
 register_rewrite(nn.AdaptiveMaxPool2d, _adaptive_max, exact=True,

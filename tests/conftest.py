@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import deploy_attn
-from deploy_attn.pipeline.job import ExportConfig, export_job
+from deploy_attn import export
 
 ATTENTION_NAMES = deploy_attn.list_models(kind="attention")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -43,8 +43,8 @@ def export_cache(tmp_path_factory):
         key = (name, dynamic_batch, tuple(sorted(kwargs.items())))
         if key not in cache:
             out = root / f"{name}-{'dyn' if dynamic_batch else 'static'}-{len(cache)}"
-            cache[key] = export_job(ExportConfig(name=name, out_dir=out,
-                                                 dynamic_batch=dynamic_batch, **kwargs))
+            cache[key] = export(name, out_dir=out,
+                                                 dynamic_batch=dynamic_batch, **kwargs)
         return cache[key]
 
     return get

@@ -25,11 +25,11 @@ pytest.importorskip("sklearn", reason="scikit-learn (the `test` extra) provides 
 
 from deploy_attn.datasets import LabelledImages, digits  # noqa: E402
 from deploy_attn.models import create_model  # noqa: E402
-from deploy_attn.pipeline.calib import default_preprocess  # noqa: E402
-from deploy_attn.pipeline.job import (ExportConfig, ExportResult, export_job,  # noqa: E402
-                                      reference_model)
+from deploy_attn import export, open_export  # noqa: E402
+from deploy_attn.pipeline.job import ExportResult  # noqa: E402
 from deploy_attn.pipeline.parity import ort_outputs, ort_session, torch_outputs  # noqa: E402
 from deploy_attn.registry import get_spec  # noqa: E402
+from deploy_attn.sources import default_preprocess  # noqa: E402
 
 SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest input all take
 SEED = 0
@@ -92,7 +92,7 @@ def digit_sets(tmp_path_factory) -> dict[str, LabelledImages]:
     same preprocessing, so one set serves all cases."""
     spec = get_spec(CASES[0].values[0].name)
     return digits(tmp_path_factory.mktemp("digits"),
-                  default_preprocess(spec, spec.input_shape(1, 1, SIZE)), seed=SEED)
+                  default_preprocess(spec.kind, spec.input_shape(1, 1, SIZE)), seed=SEED)
 
 
 @pytest.fixture(scope="session", params=CASES)
@@ -158,27 +158,27 @@ def checkpoint(case, digit_sets, tmp_path_factory) -> Path:
     return path
 
 
-Exported = tuple[ExportConfig, ExportResult, list[tuple[float, str]]]
+Exported = tuple[ExportResult, list[tuple[float, str]]]
 
 
 @pytest.fixture(scope="session")
 def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Exported:
-    """The real export job on the checkpoint: config, result, (seconds, stage) progress."""
+    """The real export job on the checkpoint: result, (seconds, stage) progress."""
     # The job verifies FP16/INT8 on 32 training images calibration did not use (real data
     # in the range calibration saw). exclude=("auto",): the job leaves the most sensitive
     # nodes FP32 until INT8 meets its cosine threshold; they are listed in the figures.
-    cfg = ExportConfig(name=case.name, out_dir=tmp_path_factory.mktemp("digits-export"),
-                       channels=1, input_size=SIZE, num_classes=case.classes,
-                       weights=checkpoint, precisions=("fp16", "int8"),
-                       calib_dir=digit_sets["train"].folder, calib_count=CALIB_COUNT,
-                       verify_count=32, exclude=("auto",))
     t0 = time.perf_counter()
     stages: list[tuple[float, str]] = []
     with _one_thread():
-        result = export_job(cfg, lambda msg: stages.append((round(time.perf_counter() - t0, 1),
-                                                             msg)))
+        result = export(case.name, out_dir=tmp_path_factory.mktemp("digits-export"),
+                        channels=1, input_size=SIZE, num_classes=case.classes,
+                        weights=checkpoint, precisions=("fp16", "int8"),
+                        calib_dir=digit_sets["train"].folder, calib_count=CALIB_COUNT,
+                        verify_count=32, exclude=("auto",),
+                        progress=lambda msg: stages.append((round(time.perf_counter() - t0, 1),
+                                                            msg)))
     print(f"[digits] export job (fp32, fp16, int8) in {time.perf_counter() - t0:.1f} s")
-    return cfg, result, stages
+    return result, stages
 
 
 def test_digit_pngs_are_what_the_pipeline_reads(digit_sets):
@@ -206,13 +206,14 @@ def _accuracy(case: Case, logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def test_digits_accuracy_parity(case, exported, digit_sets):
-    cfg, result, stages = exported
+    result, stages = exported
     test = digit_sets["test"]
     targets = _targets(case, test).numpy()
-    with _one_thread():  # the checkpoint loaded as the job loads it
-        logits = {"pytorch": torch_outputs(reference_model(cfg), test.inputs)}
+    with _one_thread():  # the reference rebuilt from the export directory, as check does
+        logits = {"pytorch": torch_outputs(open_export(result.directory).card().module,
+                                           test.inputs)}
     for precision, file in result.report["files"].items():
-        session = ort_session(cfg.directory / file, threads=1)
+        session = ort_session(result.directory / file, threads=1)
         logits[f"onnx_{precision}"] = ort_outputs(session, test.inputs)  # batch 1: per sample
     assert set(logits) == {"pytorch", "onnx_fp32", "onnx_fp16", "onnx_int8"}, result.report
 
@@ -233,7 +234,7 @@ def test_digits_accuracy_parity(case, exported, digit_sets):
                                     "top1_agreement": r.get("top1_agreement")}
                                 for p, r in verify.items()},
     }
-    record = cfg.directory / "accuracy.json"
+    record = result.directory / "accuracy.json"
     record.write_text(json.dumps(figures, indent=2))
     summary = ", ".join(f"{k} {acc[k]:.2f}% (agrees {agree[k]:.2f}%)" for k in acc)
     print(f"[digits] {case.name} test accuracy on {len(test.labels)} images: {summary}; "

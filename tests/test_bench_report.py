@@ -18,7 +18,7 @@ from deploy_attn.pipeline.bench import (DEFAULT_BACKENDS, ProgressBar, bench, in
 from deploy_attn.pipeline.calib import calibration_data
 from deploy_attn.pipeline.cpu_int8 import quantize_int8_cpu
 from deploy_attn.pipeline.engine import TensorRTUnavailable, require_tensorrt
-from deploy_attn.pipeline.job import ExportConfig, export_job
+from deploy_attn import export
 from deploy_attn.pipeline.parity import (INT8, compare, ort_outputs, ort_session, seeded_inputs,
                                          torch_outputs)
 from deploy_attn.pipeline.report import write_report
@@ -34,9 +34,9 @@ def exports(tmp_path_factory):
     """An export root with two modules at every precision, one of them benchmarked."""
     root = tmp_path_factory.mktemp("export")
     for name in ("se", "eca"):
-        export_job(ExportConfig(name=name, out_dir=root / name, precisions=("fp16", "int8"),
-                                calib_count=8))
-    result = bench("se", runs=5, warmup=1, export_root=root, save=True)
+        export(name, out_dir=root / name, precisions=("fp16", "int8"),
+                                calib_count=8)
+    result = bench(root / "se", runs=5, warmup=1, save=True)
     return root, result
 
 
@@ -75,16 +75,16 @@ def test_bench_numbers_and_skipped_tensorrt(exports):
 def test_bench_rejects_bad_requests(exports):
     root, _ = exports
     with pytest.raises(ConfigError, match="unknown backend ort-int4; choose from torch"):
-        bench("se", backends=["ort-int4"], export_root=root)
+        bench(root / "se", backends=["ort-int4"])
     with pytest.raises(ConfigError, match=r"fixed-batch export .* --dynamic-batch"):
-        bench("se", backends=["ort-fp32"], batch=4, export_root=root)
+        bench(root / "se", backends=["ort-fp32"], batch=4)
     with pytest.raises(ConfigError, match="--runs 0 must be an integer >= 1"):
-        bench("se", runs=0, export_root=root)
+        bench(root / "se", runs=0)
 
 
 def test_bench_exports_a_dynamic_batch_when_missing(tmp_path, capsys):
-    result = bench("eca", backends=["torch", "ort-fp32"], batch=3, runs=3, warmup=0,
-                   export_root=tmp_path, progress=True)
+    result = bench(tmp_path / "eca", backends=["torch", "ort-fp32"], batch=3, runs=3,
+                   warmup=0, progress=True)
     assert result.input_shape[0] == 3
     report = json.loads((tmp_path / "eca" / "report.json").read_text())
     assert report["dynamic_axes"], "batch > 1 with no export: exported with a dynamic batch"
@@ -115,9 +115,9 @@ def test_progress_bar_text():
 
 @pytest.mark.parametrize("name", ["ca", "cbam"])
 def test_cpu_int8_passes_where_the_tensorrt_form_does(tmp_path, name):
-    export_job(ExportConfig(name=name, out_dir=tmp_path, precisions=("int8",), calib_count=8))
+    export(name, out_dir=tmp_path, precisions=("int8",), calib_count=8)
     spec = get_spec(name)
-    calib = calibration_data(spec, spec.input_shape(), None, 8)
+    calib = calibration_data(None, spec.input_shape(), None, 8)
     art = quantize_int8_cpu(tmp_path / "model.onnx", tmp_path / "model.int8-cpu.onnx", calib)
     model = onnx.load(str(art.path))
     meta = {p.key: p.value for p in model.metadata_props}
@@ -190,7 +190,7 @@ def test_report_renders_in_headless_chromium(exports, tmp_path):
 
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are present here")
 def test_bench_tensorrt_only_exports_nothing_without_tensorrt(tmp_path):
-    result = bench("se", backends=["trt-fp16", "trt-int8"], export_root=tmp_path)
+    result = bench(tmp_path / "se", backends=["trt-fp16", "trt-int8"])
     assert [b.status for b in result.backends] == ["skipped", "skipped"]
     assert all(b.latency is None and "TensorRT" in b.reason for b in result.backends)
     assert not (tmp_path / "se").exists()

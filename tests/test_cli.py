@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from deploy_attn import cli
+from deploy_attn import cli, export
 from deploy_attn.errors import ParityError
 from deploy_attn.pipeline import job
-from deploy_attn.pipeline.artifacts import atomic_path
+from deploy_attn.pipeline.artifacts import LOCK_FILE, STAGING_PREFIX, atomic_path
 from deploy_attn.pipeline.parity import ParityResult
 
 
@@ -24,14 +24,14 @@ def test_list_table_and_json(capsys, tmp_path, monkeypatch):
     code, out, err = run_cli(capsys, "list", "c*")
     assert code == 0
     assert out.splitlines()[0].split()[:3] == ["name", "kind", "paper"]
-    assert any(line.startswith("ca ") and "Hardswish" in line for line in out.splitlines())
+    assert any(line.startswith("ca ") and "AxisMean" in line for line in out.splitlines())
     assert "counting parameters" in err  # progress while the cache fills
     code, out, _ = run_cli(capsys, "list", "--json", "mobilenetv2*")
     rows = {r["name"]: r for r in json.loads(out)}
     assert {"mobilenetv2", "mobilenetv2_ca", "mobilenetv2_se"} <= set(rows)
     assert rows["mobilenetv2_ca"]["params"] == 3_950_648
     assert rows["mobilenetv2_ca"]["macs"] > rows["mobilenetv2"]["macs"] > 290e6
-    assert "Hardswish" in rows["mobilenetv2_ca"]["exact_rewrites"]
+    assert "AxisMean" in rows["mobilenetv2_ca"]["exact_rewrites"]
     code, out, err = run_cli(capsys, "list", "--json", "c*")
     assert "counting" not in err and {r["name"] for r in json.loads(out)} >= {"ca", "cbam"}
 
@@ -69,18 +69,27 @@ def test_export_writes_model_and_report(capsys, tmp_path):
     assert report["status"] == "ok" and report["dynamic_axes"]
     assert (tmp_path / "model.onnx").is_file()
     assert "parity fp32 batch 4" in out
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)] == []
 
 
-def test_parity_failure_leaves_no_model(monkeypatch, tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"stale model from an earlier run")
+def _snapshot(directory):
+    """Every file under ``directory`` with its bytes (hidden lock file excepted)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
+
+
+def test_parity_failure_leaves_the_earlier_export_as_it_was(monkeypatch, tmp_path):
+    export("se", out_dir=tmp_path)
+    before = _snapshot(tmp_path)
     bad = ParityResult(1, 0.5, 0.5, 0.9, True, False)
     monkeypatch.setattr(job, "check_onnx", lambda *a, **k: [bad])
-    with pytest.raises(ParityError, match="se: ONNX Runtime FP32 output differs"):
-        job.export_job(job.ExportConfig(name="se", out_dir=tmp_path))
-    assert not (tmp_path / "model.onnx").exists()
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["status"] == "failed"
+    with pytest.raises(ParityError, match="se: ONNX Runtime FP32 output differs.*keeps its "
+                                          "earlier export unchanged.*export-failed.json"):
+        export("se", out_dir=tmp_path, seed=7)
+    after = _snapshot(tmp_path)
+    failed = json.loads(after.pop(job.FAILED_REPORT))
+    assert after == before and failed["status"] == "failed"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
 def test_interrupted_export_leaves_nothing_that_looks_valid(monkeypatch, tmp_path):
@@ -89,8 +98,8 @@ def test_interrupted_export_leaves_nothing_that_looks_valid(monkeypatch, tmp_pat
 
     monkeypatch.setattr(job, "simplify_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        job.export_job(job.ExportConfig(name="se", out_dir=tmp_path))
-    assert list(tmp_path.iterdir()) == []
+        export("se", out_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
 
 
 def test_atomic_path_keeps_old_file_on_error(tmp_path):

@@ -338,9 +338,9 @@ def test_import_needs_no_tensorrt():
 
 @pytest.fixture(scope="module")
 def se_reference():
-    from deploy_attn.pipeline.job import ExportConfig, reference_model
+    from deploy_attn import load_source
 
-    return reference_model(ExportConfig(name="se"))
+    return load_source("se").module
 
 
 @needs_trt

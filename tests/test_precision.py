@@ -9,7 +9,8 @@ from onnx import TensorProto, numpy_helper
 from deploy_attn import cli
 from deploy_attn.errors import ConfigError, ParityError
 from deploy_attn.pipeline.calib import image_folder, Preprocess
-from deploy_attn.pipeline.job import ExportConfig, export_job, verify_artifacts
+from deploy_attn import export
+from deploy_attn.pipeline.job import verify_artifacts
 from deploy_attn.pipeline.parity import TOLERANCES, seeded_inputs
 
 from .conftest import ATTENTION_NAMES
@@ -89,12 +90,12 @@ def test_fp16_islands_prevent_overflow(tmp_path):
     no artifact; with the measured islands it passes."""
     from onnx.reference import ReferenceEvaluator
 
-    common = dict(name="cam", channels=16, input_size=(256, 256), precisions=("fp16",),
+    common = dict(channels=16, input_size=(256, 256), precisions=("fp16",),
                   calib_count=4, verify_count=2)
     with pytest.raises(ParityError, match="beyond the FP16 range"):
-        export_job(ExportConfig(out_dir=tmp_path / "none", fp16_threshold=1e9, **common))
+        export("cam", out_dir=tmp_path / "none", fp16_threshold=1e9, **common)
     assert not (tmp_path / "none" / "model.fp16.onnx").exists()
-    result = export_job(ExportConfig(out_dir=tmp_path / "kept", **common))
+    result = export("cam", out_dir=tmp_path / "kept", **common)
     entry = result.report["precisions"]["fp16"]
     assert {"MatMul", "Softmax"} <= {k["op_type"] for k in entry["fp32_kept_nodes"]}
     # numpy computes FP16 ops in FP16 (ONNX Runtime's CPU provider may not): still finite
@@ -110,14 +111,14 @@ def test_backbone_fp16(export_cache):
 
 
 def test_int8_sensitivity_and_exclusions(tmp_path):
-    report = export_job(ExportConfig(name="cpca", out_dir=tmp_path, precisions=("int8",),
-                                     calib_count=8, sensitivity=True)).report
+    report = export("cpca", out_dir=tmp_path, precisions=("int8",),
+                                     calib_count=8, sensitivity=True).report
     rows = report["precisions"]["int8"]["sensitivity"]
     assert len(rows) == report["precisions"]["int8"]["quantized_nodes"]
     worst = rows[0]["node"]
     assert rows[0]["gain"] > 0, rows[:3]  # leaving the worst node FP32 helps
-    excluded = export_job(ExportConfig(name="cpca", out_dir=tmp_path / "x", precisions=("int8",),
-                                       calib_count=8, exclude=(worst,)))
+    excluded = export("cpca", out_dir=tmp_path / "x", precisions=("int8",),
+                                       calib_count=8, exclude=(worst,))
 
     def input_dequantized(path) -> bool:  # the node's activation comes through a DQ
         model = onnx.load(str(path))
@@ -130,8 +131,8 @@ def test_int8_sensitivity_and_exclusions(tmp_path):
     assert input_dequantized(tmp_path / "model.int8.onnx")
     assert not input_dequantized(excluded.model_path.parent / "model.int8.onnx")
     with pytest.raises(ConfigError, match="not among the quantizable nodes"):
-        export_job(ExportConfig(name="cpca", out_dir=tmp_path / "y", precisions=("int8",),
-                                calib_count=8, exclude=("no_such_node",)))
+        export("cpca", out_dir=tmp_path / "y", precisions=("int8",),
+                                calib_count=8, exclude=("no_such_node",))
 
 
 def test_auto_exclude_stops_at_the_target(tmp_path):
@@ -148,7 +149,7 @@ def test_auto_exclude_stops_at_the_target(tmp_path):
     shape = spec.input_shape(1)
     src, q = tmp_path / "model.onnx", tmp_path / "int8.onnx"
     export_onnx(model, shape, src)
-    quantize_int8(src, q, calibration_data(spec, shape, None, 8))
+    quantize_int8(src, q, calibration_data(None, shape, None, 8))
     x = seeded_inputs((4,) + tuple(shape[1:]))
     with torch.no_grad():
         score = cosine_scorer(model(torch.from_numpy(x)).numpy(), x)
@@ -188,8 +189,8 @@ def test_calibration_methods_set_different_ranges(tmp_path, precision):
     artifact still passes when checked again from the file."""
     scales = {}
     for method in ("minmax", "entropy", "percentile"):
-        result = export_job(ExportConfig(name="sk", out_dir=tmp_path / method, calib_count=8,
-                                         precisions=(precision,), calib_method=method))
+        result = export("sk", out_dir=tmp_path / method, calib_count=8,
+                                         precisions=(precision,), calib_method=method)
         assert "generated" in result.report["precisions"][precision]["calibration"]["source"]
         r = verify_artifacts(result.model_path.parent)[precision]
         assert r["cosine"] >= TOLERANCES[precision].min_cosine, (method, r)

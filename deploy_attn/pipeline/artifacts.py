@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -45,3 +45,83 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions
+
+
+# --- export directories as transactions ------------------------------------------------
+STAGING_PREFIX = ".export-"  # a run's staging folder inside the export directory
+LOCK_FILE = ".deploy-attn.lock"
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` for the block; another run holding it is
+    an ArtifactError naming its process (the lock dies with its process, even killed)."""
+    import fcntl
+
+    from ..errors import ArtifactError
+
+    lock = directory / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ArtifactError(f"{directory}: another deploy-attn run (pid {holder}) is "
+                                "writing there; wait for it or choose another -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(directory: Path) -> Iterator[Path]:
+    """A fresh staging folder inside ``directory`` (same filesystem: publishing is a
+    rename), removed afterwards. Call it under directory_lock: staging folders left by
+    runs that were killed are removed first, since no other run can be writing."""
+    import shutil
+
+    for stale in directory.glob(STAGING_PREFIX + "*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=directory))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (a publish is never torn by them)."""
+    import signal
+
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def publish(staged: Path, directory: Path, files: list[str], report: str,
+            owned: Callable[[str], bool]) -> None:
+    """Move the staged ``files`` and then ``report`` into ``directory``, and remove the
+    files of an earlier export (``owned`` names) that this one does not have. The old
+    report goes first, so even a publish torn by SIGKILL leaves no report describing
+    files it does not."""
+    keep = set(files) | {report}
+    for name in files + [report]:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged / name, 0o666 & ~umask)  # shared artifacts, as atomic_path writes
+    with signals_deferred():
+        (directory / report).unlink(missing_ok=True)
+        for name in files:
+            os.replace(staged / name, directory / name)
+        for old in directory.iterdir():
+            if old.name not in keep and owned(old.name) and old.is_file():
+                old.unlink()
+        os.replace(staged / report, directory / report)

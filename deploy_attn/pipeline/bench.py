@@ -355,63 +355,83 @@ def _failed(report: dict | None, path: Path) -> dict[str, str]:
     return reasons
 
 
-def ensure_artifacts(name: str, precisions: Sequence[str], batch: int, directory: Path,
+def ensure_artifacts(precisions: Sequence[str], batch: int, directory: Path,
                      say: Progress) -> tuple[dict, dict[str, str]]:
     """The export report of ``directory`` and, per wanted precision, why its artifact is
     unavailable (empty when all are there). Missing precisions are exported first (added
-    to the existing export with its settings, or a new one with a dynamic batch when
-    batch > 1); a precision that fails its parity check is a reason, not an error.
-    A batch > 1 against a fixed-batch export is a ConfigError: re-export it."""
-    from .job import REPORT_FILE, ExportConfig, config_from_report, export_adding, read_report
+    to the existing export with its settings; a registry name's directory without an
+    export gets a new one, with a dynamic batch when batch > 1); a precision that fails
+    its parity check is a reason, not an error. A batch > 1 against a fixed-batch export
+    is a ConfigError: re-export it."""
+    from .job import (FAILED_REPORT, REPORT_FILE, ExportConfig, config_from_report,
+                      export_adding, read_report)
 
-    report_path = directory / REPORT_FILE
+    report_path, failed = directory / REPORT_FILE, directory / FAILED_REPORT
     report = read_report(directory) if report_path.is_file() else None
+    fresh = None
     if report is not None:
         cfg = config_from_report(report, directory)
         fixed = report["input_shape"][0] if not cfg.dynamic_batch else None
         if fixed is not None and fixed != batch:
             raise ConfigError(
                 f"{directory} holds a fixed-batch export (batch {fixed}), so batch {batch} "
-                f"cannot run on it; re-export with 'deploy-attn export {name} -o {directory} "
-                "--dynamic-batch' (or bench --batch 1)")
+                f"cannot run on it; re-export with 'deploy-attn export {report['name']} -o "
+                f"{directory} --dynamic-batch' (or bench --batch 1)")
     else:
-        cfg = ExportConfig(name=name, out_dir=directory, dynamic_batch=batch > 1)
+        from ..sources import load_source
+
+        fresh = (load_source(directory.name), ExportConfig(dynamic_batch=batch > 1))
 
     def available() -> set[str]:
         files = (report or {}).get("files", {})
         return {p for p, f in files.items() if (directory / f).is_file()}
 
     while True:
-        reasons = {p: r for p, r in _failed(report, report_path).items() if p in precisions}
+        reasons = {p: r for p, r in _failed(report, failed).items() if p in precisions}
         missing = [p for p in precisions if p not in available() and p not in reasons]
         if not missing:
             return report, reasons
-        say(f"export {name} -> {directory}: {', '.join(missing)} missing")
+        say(f"export {directory.name} -> {directory}: {', '.join(missing)} missing")
         before = (available(), set(reasons))
         try:
-            export_adding(cfg, missing, say)
+            export_adding(directory, missing, say, fresh)
         except ParityError:
-            pass  # a precision failed its check: the report says which
+            pass  # a precision failed its check: the failure report says which
         except ArtifactError:
             if read_report(directory).get("status") != "trt-rejected":
                 raise  # TensorRT's operator check alone leaves the ONNX files usable here
-        report = read_report(directory)
-        if (available(), {p for p in _failed(report, report_path) if p in precisions}) == before:
-            raise ArtifactError(f"{name}: exporting {', '.join(missing)} produced nothing; "
-                                f"see {report_path}")
+        report = read_report(directory) if report_path.is_file() else None
+        if failed.is_file():  # what the last run could not add (the export stays intact)
+            tried = _read_json(failed)
+            report = {**(report or tried), "precisions": {
+                **(report or {}).get("precisions", {}), **tried.get("precisions", {})},
+                "parity": (report or tried).get("parity", {})}
+        if (available(), {p for p in _failed(report, failed) if p in precisions}) == before:
+            raise ArtifactError(f"{directory.name}: exporting {', '.join(missing)} produced "
+                                f"nothing; see {failed if failed.is_file() else report_path}")
 
 
-def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({type(exc).__name__})") from None
+
+
+def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
           threads: int = 2, runs: int = 50, warmup: int = 10,
-          export_root: str | Path = Path("export"),
           progress: bool | Progress = False, save: bool = False) -> BenchResult:
-    """Latency of ``name`` on each backend at ``batch``, measured interleaved.
+    """Latency of the export in ``directory`` on each backend at ``batch``, measured
+    interleaved.
 
-    Artifacts come from ``export_root/name`` (exported first where missing). ``progress``
-    True draws a bar on stderr (a callable receives the step messages instead, and the
-    bar is drawn too). ``save`` writes the result to ``export_root/name/bench.json``."""
+    Missing artifacts are exported first (a directory named after a registry model and
+    holding no export gets one). ``progress`` True draws a bar on stderr (a callable
+    receives the step messages instead, and the bar is drawn too). ``save`` writes the
+    result to ``directory/bench.json``."""
     from .engine import TensorRTUnavailable, require_tensorrt
-    from .job import artifact_name, config_from_report, reference_model
+    from .job import REPORT_FILE, artifact_name, open_export, read_report
 
     backends = check_backends(backends)
     for label, value, least in (("--batch", batch, 1), ("--threads", threads, 1),
@@ -420,7 +440,8 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
             raise ConfigError(f"{label} {value} must be an integer >= {least}")
     say = _message(progress)
     t0 = time.perf_counter()
-    directory = Path(export_root) / name
+    directory = Path(directory)
+    name = directory.name
     results = {b: BackendResult(b, "skipped", BACKENDS[b]) for b in backends}
 
     # TensorRT first: no export work for a backend that cannot run here
@@ -433,16 +454,20 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
     wanted = sorted({BACKENDS[b] for b in backends if BACKENDS[b] and not results[b].reason},
                     key=list(BACKENDS.values()).index)
     if all(r.reason for r in results.values()):  # nothing can run here: export nothing
-        shape = list(get_spec(name).input_shape(batch))
+        if (directory / REPORT_FILE).is_file():
+            shape = [batch] + read_report(directory)["input_shape"][1:]
+        else:
+            shape = list(get_spec(name).input_shape(batch))
         return _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
                        save)
-    report, reasons = ensure_artifacts(name, ["fp32"] + wanted, batch, directory, say)
+    report, reasons = ensure_artifacts(["fp32"] + wanted, batch, directory, say)
+    name = report["name"]
     for b in backends:
         p = BACKENDS[b]
         if p and not results[b].reason and p in reasons:
             results[b].reason = reasons[p]
 
-    cfg = config_from_report(report, directory)
+    exp = open_export(directory)
     shape = [batch] + list(report["input_shape"][1:])
     x = seeded_inputs(shape)
     runners: dict[str, Callable[[], Any]] = {}
@@ -454,7 +479,7 @@ def bench(name: str, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
                 continue
             if b == "torch":
                 say(f"torch: eager reference module, {threads} thread(s), inference_mode")
-                runners[b] = torch_runner(reference_model(cfg), x)
+                runners[b] = torch_runner(exp.card().module, x)
                 continue
             r.artifact = artifact_name(r.precision)
             if b.startswith("ort-"):
@@ -489,14 +514,13 @@ def _engine(directory: Path, precision: str, batch: int, say: Progress) -> Path:
     engine known to compute the right thing)."""
     from .build import build_job
     from .engine import check_sidecar, current_environment, engine_path_for
-    from .job import REPORT_FILE, config_from_report, read_report
+    from .job import REPORT_FILE, read_report
 
     engine = engine_path_for(directory, precision)
     report = read_report(directory)
     if not engine.is_file():
         say(f"trt-{precision}: building and checking {engine.name}")
-        build_job(config_from_report(report, directory), precision, opt_batch=batch,
-                  progress=say)
+        build_job(directory, precision, opt_batch=batch, progress=say)
         report = read_report(directory)
     parity = report.get("engines", {}).get(precision, {}).get("parity", {})
     if not parity.get("ok"):

@@ -2,27 +2,35 @@
 engine -> engine parity against the reference PyTorch model -> report.json."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from ..errors import ParityError
-from .artifacts import write_json
+from .artifacts import directory_lock, write_json
 from .engine import (DEFAULT_WORKSPACE_MIB, EngineConfig, build_engine, engine_path_for,
                      read_sidecar, require_tensorrt)
-from .job import (REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_adding,
-                  read_report)
+from .job import REPORT_FILE, ExportConfig, artifact_name, engine_parity, export_adding, \
+    read_report
 from .progress import Progress, silent
 
+if TYPE_CHECKING:
+    from ..sources import ModelCard
 
-def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = None,
+
+def build_job(directory: Path, precision: str, *, min_batch: int | None = None,
               opt_batch: int | None = None, max_batch: int | None = None,
-              workspace_mib: int | None = None,
-              progress: Progress = silent) -> dict:
+              workspace_mib: int | None = None, progress: Progress = silent,
+              fresh: tuple[ModelCard, ExportConfig] | None = None) -> dict:
     """Build ``model.<precision>.engine`` in the export directory and check it; returns
-    the engine's report entry. Fails first, before any work, without TensorRT or a GPU."""
-    require_tensorrt(export.name, precision)
-    directory = export.directory
+    the engine's report entry. Fails first, before any work, without TensorRT or a GPU.
+    A missing ONNX artifact is exported first (``fresh``: the card and config of a new
+    export where the directory has none)."""
+    directory = Path(directory)
+    require_tensorrt(directory.name, precision)
     onnx_path = directory / artifact_name(precision)
     if not onnx_path.is_file():
         progress(f"{onnx_path} is missing: exporting it first")
-        export_adding(export, [precision], progress)
+        export_adding(directory, [precision], progress, fresh)
     cfg = EngineConfig.from_onnx(onnx_path, precision, min_batch=min_batch,
                                  opt_batch=opt_batch, max_batch=max_batch,
                                  workspace_mib=workspace_mib or DEFAULT_WORKSPACE_MIB)
@@ -31,11 +39,12 @@ def build_job(export: ExportConfig, precision: str, *, min_batch: int | None = N
     sidecar = read_sidecar(engine)
     entry = {"file": engine.name, "parity": parity, "trtexec": sidecar["trtexec"],
              "environment": sidecar["environment"], "build_seconds": sidecar["seconds"]}
-    report = read_report(directory)
-    report.setdefault("engines", {})[precision] = entry
-    write_json(directory / REPORT_FILE, report)
+    with directory_lock(directory):  # read-modify-write: no export may publish meanwhile
+        report = read_report(directory)
+        report.setdefault("engines", {})[precision] = entry
+        write_json(directory / REPORT_FILE, report)
     if not parity["ok"]:
-        raise ParityError(f"{export.name}: TensorRT {precision} engine vs PyTorch: cosine "
+        raise ParityError(f"{report['name']}: TensorRT {precision} engine vs PyTorch: cosine "
                           f"{parity['cosine']:.6f}, max abs {parity['max_abs']:.3g}; engine "
                           f"kept at {engine} for inspection, see {directory / REPORT_FILE}")
     return entry

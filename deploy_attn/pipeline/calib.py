@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError
-from ..registry import ModelSpec
 from .parity import seeded_inputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -39,17 +38,6 @@ class CalibData:
     def as_dict(self) -> dict:
         return {"count": int(self.inputs.shape[0]), "source": self.source,
                 "preprocess": self.preprocess.as_dict() if self.preprocess else None}
-
-
-def default_preprocess(spec: ModelSpec, shape: tuple[int, ...]) -> Preprocess | None:
-    """ImageNet statistics for RGB backbones, [-1, 1] for grayscale ones; None for
-    attention modules, whose inputs are feature maps, not images."""
-    if spec.kind != "backbone":
-        return None
-    channels, size = shape[1], (shape[2], shape[3])
-    if channels == 3:
-        return Preprocess(size, 3, IMAGENET_MEAN, IMAGENET_STD)
-    return Preprocess(size, channels, (0.5,) * channels, (0.5,) * channels)
 
 
 def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
@@ -109,12 +97,11 @@ def image_folder(folder: str | Path, pre: Preprocess, count: int) -> CalibData:
     return _load(_split(_images(folder), count)[0], pre, "calibration", folder)
 
 
-def verification_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | Path | None,
-                      calib_count: int, count: int) -> CalibData:
+def verification_data(pre: Preprocess | None, shape: tuple[int, ...],
+                      calib_dir: str | Path | None, calib_count: int, count: int) -> CalibData:
     """Inputs for the FP16/INT8 checks: images of the calibration folder that calibration
     did not use (real data in the range calibration saw), else the seeded set, which is
     disjoint from the generated calibration set."""
-    pre = default_preprocess(spec, shape)
     if calib_dir is not None and pre is not None:
         held_out = _split(_images(Path(calib_dir)), calib_count)[1]
         if held_out:
@@ -125,14 +112,16 @@ def verification_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | 
                      "generated: seeded standard normal (seed 1234), not real data", pre)
 
 
-def calibration_data(spec: ModelSpec, shape: tuple[int, ...], calib_dir: str | Path | None,
-                     count: int) -> CalibData:
+def calibration_data(pre: Preprocess | None, shape: tuple[int, ...],
+                     calib_dir: str | Path | None, count: int, label: str = "the model"
+                     ) -> CalibData:
+    """``count`` calibration inputs: images of ``calib_dir`` preprocessed by ``pre``, or
+    the seeded generated set (``label`` names the model in errors)."""
     if count < 1:
         raise ConfigError(f"--calib-count {count}: need at least one calibration input")
-    pre = default_preprocess(spec, shape)
     if calib_dir is not None:
         if pre is None:
-            raise ConfigError(f"{spec.name} takes {shape[1]}-channel feature maps, not images; "
+            raise ConfigError(f"{label} takes {shape[1]}-channel feature maps, not images; "
                               "calibrate it with the generated set (omit --calib-dir)")
         return image_folder(calib_dir, pre, count)
     inputs = seeded_inputs((count,) + tuple(shape[1:]), CALIB_SEED)

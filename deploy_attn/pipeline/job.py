@@ -1,25 +1,32 @@
-"""The export job: registry name -> reference -> deploy rewrites -> ONNX -> onnxsim ->
-parity -> ``model.onnx`` + ``report.json``. Each step is one stage function."""
+"""The export job: a model card (the reference module and its description) -> deploy
+rewrites -> ONNX -> graph passes -> onnxsim -> parity -> precision stages -> one export
+directory (``model.onnx``, ``model.<precision>.onnx``, ``report.json``).
+
+A run stages every file in a folder inside the export directory and publishes the
+complete set only when the whole run has passed, so an export directory always holds one
+consistent result, and its report says how to rebuild the reference it was checked
+against (``open_export``)."""
 from __future__ import annotations
 
-import tempfile
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
+import torch.nn as nn
 
 from ..errors import ArtifactError, ConfigError, ParityError
-from ..models import create_model
-from ..registry import get_spec
 from ..rewrite import patch_for_deploy, summarize
-from .artifacts import library_versions, write_json
+from ..sources import REFERENCE_STATE, ModelCard, SourceOptions, load_source, rebuild, \
+    save_reference_state
+from .artifacts import directory_lock, library_versions, publish, staging_dir, write_json
 from .calib import CalibData, calibration_data, verification_data
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
-from .parity import FP32, check_onnx, compare, seeded_inputs, torch_outputs
+from .parity import DEGENERATE, FP32, check_onnx, compare, input_dependence, \
+    seeded_inputs, torch_outputs
 from .precision import AUTOCAST_MAX
 from .progress import Progress, silent
 from .simplify import simplify_onnx
@@ -27,7 +34,12 @@ from .simplify import simplify_onnx
 DEFAULT_ROOT = Path("export")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself is untouched
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # int8-cpu: ONNX Runtime CPU only
+# files an export owns: a new export replaces them all (engines and benchmarks belong to
+# the model they were made from)
+OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json)|report\.json|bench\.json|"
+                   rf"{re.escape(FAILED_REPORT)}|{re.escape(REFERENCE_STATE)})$")
 
 
 def artifact_name(precision: str) -> str:
@@ -36,17 +48,13 @@ def artifact_name(precision: str) -> str:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    name: str
-    out_dir: Path | None = None  # default: export/NAME
-    channels: int | None = None
-    input_size: tuple[int, int] | None = None
+    """How to export a model (the model itself comes as a ModelCard)."""
+
+    out_dir: Path | None = None  # default: export/<card name>
     dynamic_batch: bool = False
     opset: int = DEFAULT_OPSET
     simplify: bool = True
     approximate: bool = False
-    weights: Path | None = None
-    num_classes: int | None = None  # backbones: a checkpoint's own head width
-    seed: int = 0
     precisions: tuple[str, ...] = ()  # beyond fp32, which is always exported first
     calib_dir: Path | None = None
     calib_count: int = 32
@@ -56,128 +64,138 @@ class ExportConfig:
     fp16_threshold: float = AUTOCAST_MAX
     verify_count: int = 8
 
-    @property
-    def directory(self) -> Path:
-        return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / self.name
+    def directory(self, card: ModelCard) -> Path:
+        return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
 
 
 @dataclass
 class ExportResult:
-    model_path: Path
-    report_path: Path
+    directory: Path
     report: dict = field(default_factory=dict)
 
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
 
-def reference_model(cfg: ExportConfig) -> torch.nn.Module:
-    """The reference PyTorch model an export is checked against (seeded or user weights)."""
-    extra = {"num_classes": cfg.num_classes} if cfg.num_classes else {}
-    model = create_model(cfg.name, channels=cfg.channels, input_size=cfg.input_size,
-                         seed=cfg.seed, **extra)
-    if cfg.weights is not None:
-        from ..checkpoint import load_checkpoint
-        load_checkpoint(model, cfg.weights)
-    return model
+    @property
+    def report_path(self) -> Path:
+        return self.directory / REPORT_FILE
 
 
-def export_job(cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
-    """Run the export job; raises ParityError (after writing report.json, and with no
-    model.onnx left behind) when the ONNX output is outside the FP32 tolerance."""
-    spec = get_spec(cfg.name)
+def _check_config(cfg: ExportConfig) -> None:
     bad = [p for p in cfg.precisions if p not in PRECISIONS]
     if bad:
         raise ConfigError(f"unknown precision {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
     if cfg.exclude == ("auto",) and "int8" not in cfg.precisions:
         raise ConfigError("--exclude applies to INT8: add --precision int8")
-    out = cfg.directory
-    model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
-    shape = spec.input_shape(1, cfg.channels, cfg.input_size)
-    t0 = time.perf_counter()
 
-    progress(f"build {cfg.name} {list(shape)}")
-    reference = reference_model(cfg)
-    deploy, applied = patch_for_deploy(reference, approximate=cfg.approximate)
+
+def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
+    """Run the export job on ``card``. Every file is staged and published together once
+    the whole run has passed; a failure raises ParityError (or the stage's error) and
+    leaves the directory's earlier export as it was, with the run's report in
+    FAILED_REPORT."""
+    _check_config(cfg)
+    out = cfg.directory(card)
+    _mkdir(out)
+    with directory_lock(out), staging_dir(out) as stage:
+        return _run(card, cfg, out, stage, progress)
+
+
+def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path,
+         progress: Progress) -> ExportResult:
+    from ..graph_rewrite import rewrite_onnx
+
+    shape = card.input_shape
+    t0 = time.perf_counter()
+    progress(f"build {card.label()} {list(shape)}")
+    deploy, applied = patch_for_deploy(card.module, approximate=cfg.approximate)
     x = seeded_inputs(shape)
-    rewrite_error = compare(torch_outputs(deploy, x), torch_outputs(reference, x), FP32)
+    rewrite_error = compare(torch_outputs(deploy, x), torch_outputs(card.module, x), FP32)
+    save_reference_state(card, stage)
+    dependence = input_dependence(torch_outputs(card.module, seeded_inputs((4,) + shape[1:])))
+    if dependence < DEGENERATE:
+        progress(f"note: the reference's output hardly depends on its input (spread "
+                 f"{dependence:.1e} of its size over 4 inputs), so every parity check below "
+                 "passes easily; give trained weights (--weights) for figures that mean "
+                 "something")
 
     report: dict = {
-        "name": cfg.name, "kind": spec.kind, "paper": spec.paper,
+        "name": card.name, "kind": card.kind, "paper": card.paper, "model": card.record(),
         "input_shape": list(shape), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "opset": cfg.opset,
         "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
         if cfg.dynamic_batch else {},
-        "seed": cfg.seed, "weights": str(cfg.weights) if cfg.weights else "seeded",
         "config": _config_dict(cfg),
+        "reference": {"input_dependence": dependence, "degenerate": dependence < DEGENERATE},
         "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
                      "deploy_vs_reference_torch": rewrite_error.as_dict()},
     }
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=_mkdir(out)) as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        progress(f"export opset {cfg.opset}{' dynamic batch' if cfg.dynamic_batch else ''}")
-        export_onnx(deploy, shape, raw, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
-        final = raw
-        if cfg.simplify:
-            progress("simplify (onnxsim)")
-            final = simplify_onnx(raw, Path(tmp) / "simplified.onnx")
-        before, after = load_onnx(raw, check=False), load_onnx(final, check=False)
-        report["nodes"] = {"before_simplify": op_counts(before), "after_simplify": op_counts(after),
-                           "total_before": len(before.graph.node),
-                           "total_after": len(after.graph.node)}
-        report["shape_ops"] = shape_ops(after)
+    raw, passed = stage / "raw.onnx", stage / "passes.onnx"
+    progress(f"export opset {cfg.opset}{' dynamic batch' if cfg.dynamic_batch else ''}")
+    export_onnx(deploy, shape, raw, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
+    progress("graph passes (hard activations, static shapes)")
+    report["rewrites"]["graph"] = [p.as_dict() for p in rewrite_onnx(raw, passed)]
+    final = stage / MODEL_FILE
+    if cfg.simplify:
+        progress("simplify (onnxsim)")
+        simplify_onnx(passed, final)
+    else:
+        passed.replace(final)
+        passed = final
+    exported, after = load_onnx(raw, check=False), load_onnx(final, check=False)
+    report["nodes"] = {"before_simplify": op_counts(exported), "after_simplify": op_counts(after),
+                       "total_before": len(exported.graph.node),
+                       "total_after_passes": len(load_onnx(passed, check=False).graph.node),
+                       "total_after": len(after.graph.node)}
+    raw.unlink()
+    report["shape_ops"] = shape_ops(after)
 
-        batches = [1, 4] if cfg.dynamic_batch else [1]
-        progress(f"parity vs PyTorch (ONNX Runtime CPU, batch {', '.join(map(str, batches))})")
-        results = check_onnx(final, reference, [(b,) + shape[1:] for b in batches], FP32,
-                             classifier=spec.num_classes is not None)
-        ok = all(r.ok for r in results)
-        report["parity"] = {"fp32": {"tolerance": asdict(FP32),
-                                     "results": [r.as_dict() for r in results], "ok": ok}}
-        report["versions"] = library_versions()
-        report["files"] = {}
-        if ok:
-            final.replace(model_path)  # same filesystem: atomic
-            report["files"]["fp32"] = MODEL_FILE
-            report["trt_check"] = {"fp32": _trt_check(model_path)}
-        else:
-            model_path.unlink(missing_ok=True)  # never leave a stale model that looks current
-        failure = None if ok else (
-            f"{cfg.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
-            f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs {max(r.max_abs for r in results):.3g}, "
-            f"max rel {max(r.max_rel for r in results):.3g}); see {report_path}")
-        stages = [p for p in cfg.precisions if p != "fp32"] if ok else []
-        checks = _checks(cfg, spec, shape, reference) if stages else None
-        for precision in stages:
-            failure = _precision_stage(cfg, spec, checks, precision, Path(tmp), report, progress)
-            if failure:
-                break
+    batches = [1, 4] if cfg.dynamic_batch else [1]
+    progress(f"parity vs PyTorch (ONNX Runtime CPU, batch {', '.join(map(str, batches))})")
+    results = check_onnx(final, card.module, [(b,) + tuple(shape[1:]) for b in batches], FP32,
+                         classifier=card.classifier)
+    ok = all(r.ok for r in results)
+    report["parity"] = {"fp32": {"tolerance": asdict(FP32),
+                                 "results": [r.as_dict() for r in results], "ok": ok}}
+    report["versions"] = library_versions()
+    report["files"] = {"fp32": MODEL_FILE} if ok else {}
+    failure = None
+    if ok:
+        report["trt_check"] = {"fp32": _trt_check(final)}
+    else:
+        failure = (f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
+                   f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs "
+                   f"{max(r.max_abs for r in results):.3g}, max rel "
+                   f"{max(r.max_rel for r in results):.3g})")
+    stages = [p for p in cfg.precisions if p != "fp32"] if ok else []
+    checks = _checks(cfg, card) if stages else None
+    for precision in stages:
+        failure = _precision_stage(cfg, card, checks, precision, stage, report, progress)
+        if failure:
+            break
     rejected = [f"{report['files'][p]}: {c['summary']}"
                 for p, c in report.get("trt_check", {}).items() if not c["ok"]]
     report["status"] = ("failed" if failure else "trt-rejected" if rejected else "ok")
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(report_path, report)
     if failure:
-        raise ParityError(failure)
+        write_json(out / FAILED_REPORT, report)
+        raise ParityError(f"{failure}; {_unchanged(out)}, the run's report is {out / FAILED_REPORT}")
+    write_json(stage / REPORT_FILE, report)
+    files = list(report["files"].values())
+    if card.source["kind"] == "object":
+        files.append(REFERENCE_STATE)
+    publish(stage, out, files, REPORT_FILE, lambda name: bool(OWNED.match(name)))
     if rejected:  # the files are right for ONNX Runtime, so they stay; the exit says why
         more = f" (and {len(rejected) - 1} more file(s))" if len(rejected) > 1 else ""
-        raise ArtifactError(f"{cfg.name}: {rejected[0]}{more}; the ONNX files are written "
+        raise ArtifactError(f"{card.name}: {rejected[0]}{more}; the ONNX files are written "
                             f"for ONNX Runtime, but TensorRT would not build them")
-    return ExportResult(model_path, report_path, report)
+    return ExportResult(out, report)
 
 
-def export_adding(cfg: ExportConfig, add: Sequence[str],
-                  progress: Progress = silent) -> ExportResult:
-    """Export again with the precisions ``add`` on top of those the export in
-    ``cfg.directory`` already has, with that export's settings (``cfg`` only for a new
-    directory), so its report keeps every artifact it lists."""
-    directory = cfg.directory
-    have: list[str] = []
-    if (directory / REPORT_FILE).is_file():
-        report = read_report(directory)
-        cfg = config_from_report(report, directory)
-        have = list(report.get("files", {}))
-    wanted = set(have) | set(add)
-    # fp16 before int8: the job stops at the first precision that fails its check
-    return export_job(replace(cfg, precisions=tuple(p for p in PRECISIONS[1:] if p in wanted)),
-                      progress)
+def _unchanged(out: Path) -> str:
+    return (f"{out} keeps its earlier export unchanged" if (out / REPORT_FILE).is_file()
+            else f"nothing was written to {out}")
 
 
 def _trt_check(path: Path) -> dict:
@@ -194,26 +212,27 @@ class _Checks:
     ref: np.ndarray  # the reference model's outputs on verify.inputs
 
 
-def _checks(cfg: ExportConfig, spec, shape, reference) -> _Checks:
-    verify = verification_data(spec, shape, cfg.calib_dir, cfg.calib_count, cfg.verify_count)
-    return _Checks(calibration_data(spec, shape, cfg.calib_dir, cfg.calib_count), verify,
-                   torch_outputs(reference, verify.inputs))
+def _checks(cfg: ExportConfig, card: ModelCard) -> _Checks:
+    shape = card.input_shape
+    verify = verification_data(card.preprocess, shape, cfg.calib_dir, cfg.calib_count,
+                               cfg.verify_count)
+    return _Checks(calibration_data(card.preprocess, shape, cfg.calib_dir, cfg.calib_count,
+                                    card.name), verify,
+                   torch_outputs(card.module, verify.inputs))
 
 
-def _precision_stage(cfg: ExportConfig, spec, checks: _Checks, precision: str, tmp: Path,
-                     report: dict, progress: Progress) -> str | None:
-    """Write model.<precision>.onnx if it meets its threshold; return a failure message
-    otherwise (the artifact is then removed)."""
+def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precision: str,
+                     stage: Path, report: dict, progress: Progress) -> str | None:
+    """Stage model.<precision>.onnx if it meets its threshold; return a failure message
+    otherwise."""
     from .parity import TOLERANCES, ort_outputs, ort_session
     from .precision import (auto_exclude, convert_fp16, cosine_scorer, int8_sensitivity,
                             quantize_int8)
 
-    out = cfg.directory
-    src, dst = out / MODEL_FILE, out / artifact_name(precision)
+    src, staged = stage / MODEL_FILE, stage / artifact_name(precision)
     tol = TOLERANCES[precision]
     calib, verify, ref = checks.calib, checks.verify, checks.ref
     x = verify.inputs
-    staged = tmp / dst.name
     details: dict = {}
     if precision == "fp16":
         progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
@@ -222,12 +241,12 @@ def _precision_stage(cfg: ExportConfig, spec, checks: _Checks, precision: str, t
         from .cpu_int8 import quantize_int8_cpu
 
         progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
-        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=tmp).details
+        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage).details
     else:
         auto = tuple(cfg.exclude) == ("auto",)
         progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
         artifact = quantize_int8(src, staged, calib, cfg.calib_method,
-                                 () if auto else cfg.exclude, cache_dir=tmp)
+                                 () if auto else cfg.exclude, cache_dir=stage)
         if cfg.sensitivity or auto:
             scorer = cosine_scorer(ref, x)
             base = scorer(staged)
@@ -239,7 +258,7 @@ def _precision_stage(cfg: ExportConfig, spec, checks: _Checks, precision: str, t
                 def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
                     nonlocal artifact
                     artifact = quantize_int8(src, staged, calib, cfg.calib_method, nodes,
-                                             cache_dir=tmp)
+                                             cache_dir=stage)
                     return scorer(staged)
 
                 chosen = auto_exclude(src, staged, rows, scorer, tol.min_cosine, base,
@@ -247,33 +266,29 @@ def _precision_stage(cfg: ExportConfig, spec, checks: _Checks, precision: str, t
                 progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
         details.update(artifact.details)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
-    result = compare(ort_outputs(ort_session(staged), x), ref, tol,
-                     classifier=spec.num_classes is not None)
+    result = compare(ort_outputs(ort_session(staged), x), ref, tol, classifier=card.classifier)
     overflows = details.get("overflows", [])
-    entry = {"file": dst.name, "tolerance": asdict(tol), "results": [result.as_dict()],
+    entry = {"file": staged.name, "tolerance": asdict(tol), "results": [result.as_dict()],
              "ok": result.ok and not overflows, "verification": verify.as_dict(), **details}
     report.setdefault("precisions", {})[precision] = entry
     if overflows:
-        dst.unlink(missing_ok=True)
-        return (f"{cfg.name}: FP16 graph casts {len(overflows)} tensor(s) beyond the FP16 "
+        return (f"{card.name}: FP16 graph casts {len(overflows)} tensor(s) beyond the FP16 "
                 f"range to FP16: {', '.join(overflows[:3])}; lower --fp16-threshold "
                 f"(now {cfg.fp16_threshold:g})")
     if not result.ok:
-        dst.unlink(missing_ok=True)
         hint = ""
         if precision == "int8" and tuple(cfg.exclude) == ("auto",):
             hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32, "
                     "its cap (a quarter of the quantized nodes)")
-        if precision.startswith("int8") and cfg.weights is None and spec.kind == "backbone":
+        if precision.startswith("int8") and card.generated and card.kind == "backbone":
             hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
                      "'INT8 on generated weights'): give the trained ones with --weights")
-        return (f"{cfg.name}: {precision.upper()} output vs PyTorch FP32: cosine "
+        return (f"{card.name}: {precision.upper()} output vs PyTorch FP32: cosine "
                 f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
-                f"finite {result.finite}; see {out / REPORT_FILE}{hint}")
-    staged.replace(dst)
-    report["files"][precision] = dst.name
+                f"finite {result.finite}{hint}")
+    report["files"][precision] = staged.name
     if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
-        report.setdefault("trt_check", {})[precision] = _trt_check(dst)
+        report.setdefault("trt_check", {})[precision] = _trt_check(staged)
     return None
 
 
@@ -282,6 +297,45 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+# --- the Python API ---------------------------------------------------------------------------
+_CONFIG_FIELDS = {f.name for f in fields(ExportConfig)}
+_SOURCE_FIELDS = {f.name for f in fields(SourceOptions)}
+
+
+def export(model: nn.Module | str, *, input_shape: Sequence[int] | None = None,
+           progress: Progress = silent, **options: Any) -> ExportResult:
+    """Export ``model`` (an ``nn.Module``, a registry name, ``FILE.py:CALLABLE``,
+    ``package.module:CALLABLE``, ``timm:NAME`` or ``torchvision:NAME``) through the same
+    job as ``deploy-attn export``: the same artifacts and report.
+
+    ``input_shape`` is ``(1, C, H, W)``; ``options`` are ExportConfig fields (``out_dir``,
+    ``precisions``, ``calib_dir``, ``dynamic_batch``, ...) and SourceOptions fields
+    (``model_args``, ``weights``, ``task``, ``mean``, ``std``, ``seed``, ...). The caller's
+    module is never changed."""
+    unknown = sorted(set(options) - _CONFIG_FIELDS - _SOURCE_FIELDS)
+    if unknown:
+        raise ConfigError(f"export() got unknown option(s) {', '.join(unknown)}")
+    source = {k: v for k, v in options.items() if k in _SOURCE_FIELDS}
+    if input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) != 4 or shape[0] != 1:
+            raise ConfigError(f"input_shape {shape}: give (1, C, H, W); a dynamic batch is "
+                              "dynamic_batch=True")
+        source.update(channels=shape[1], input_size=shape[2:])
+    config = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
+    for key in ("precisions", "exclude"):
+        if isinstance(config.get(key), str):
+            config[key] = (config[key],)
+    for key in ("out_dir", "calib_dir"):
+        if config.get(key) is not None:
+            config[key] = Path(config[key])
+    if source.get("weights") is not None:
+        source["weights"] = Path(source["weights"])
+    card = load_source(model, SourceOptions(**source))
+    return export_job(card, ExportConfig(**config), progress)
+
+
+# --- an export read back from its directory -----------------------------------------------------
 def read_report(directory: Path) -> dict:
     """The report.json of an export directory; ArtifactError if it is missing or corrupt."""
     import json
@@ -289,9 +343,12 @@ def read_report(directory: Path) -> dict:
     path = Path(directory) / REPORT_FILE
     try:
         report = json.loads(path.read_text())
-        report["name"], report["config"]
+        report["name"], report["config"], report["model"]
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: no export report; run 'deploy-attn export' first") from None
+        failed = path.with_name(FAILED_REPORT)
+        hint = f" (its last run failed: see {failed})" if failed.is_file() else ""
+        raise ArtifactError(f"{path}: no export report{hint}; run 'deploy-attn export' "
+                            "first") from None
     except KeyError as exc:
         raise ArtifactError(f"{path}: report has no {exc} entry (an older or foreign "
                             "report); export again") from None
@@ -300,7 +357,7 @@ def read_report(directory: Path) -> dict:
     return report
 
 
-_PATHS, _TUPLES = ("weights", "calib_dir"), ("input_size", "precisions", "exclude")
+_PATHS, _TUPLES = ("calib_dir",), ("precisions", "exclude")
 
 
 def _config_dict(cfg: ExportConfig) -> dict:
@@ -316,23 +373,68 @@ def _config_dict(cfg: ExportConfig) -> dict:
 
 
 def config_from_report(report: dict, directory: Path) -> ExportConfig:
-    """The ExportConfig that produced ``report``: the same reference model, calibration
-    and verification inputs (settings an older report lacks take their defaults)."""
-    known = {f.name for f in fields(ExportConfig)}
-    c = {k: v for k, v in report["config"].items() if k in known}
+    """The ExportConfig that produced ``report`` (settings an older report lacks take
+    their defaults)."""
+    c = {k: v for k, v in report["config"].items() if k in _CONFIG_FIELDS}
     for k in _PATHS:
         c[k] = Path(c[k]) if c.get(k) else None
     for k in _TUPLES:
         if c.get(k) is not None:
             c[k] = tuple(c[k])
-    return ExportConfig(**{**c, "name": report["name"], "out_dir": Path(directory)})
+    return ExportConfig(**{**c, "out_dir": Path(directory)})
 
 
-def verify_inputs(cfg: ExportConfig, report: dict, count: int) -> np.ndarray:
-    """The verification inputs of the export (held-out calibration images, else the
-    seeded set), ``count`` of them."""
-    return verification_data(get_spec(cfg.name), tuple(report["input_shape"]), cfg.calib_dir,
-                             cfg.calib_count, count).inputs
+@dataclass
+class OpenExport:
+    """An export directory read back: its report, config, and (built on first use) the
+    reference it was checked against."""
+
+    directory: Path
+    report: dict
+    cfg: ExportConfig
+    _card: ModelCard | None = None
+
+    @property
+    def name(self) -> str:
+        return self.report["name"]
+
+    def card(self) -> ModelCard:
+        if self._card is None:
+            self._card = rebuild(self.report["model"], self.report["input_shape"],
+                                 self.directory, self.name)
+        return self._card
+
+    def verify_inputs(self, count: int) -> np.ndarray:
+        """The export's verification inputs (held-out calibration images, else the seeded
+        set), ``count`` of them."""
+        pre = self.card().preprocess
+        return verification_data(pre, tuple(self.report["input_shape"]), self.cfg.calib_dir,
+                                 self.cfg.calib_count, count).inputs
+
+
+def open_export(directory: Path) -> OpenExport:
+    report = read_report(directory)
+    return OpenExport(Path(directory), report, config_from_report(report, directory))
+
+
+def export_adding(directory: Path, add: Sequence[str], progress: Progress = silent,
+                  fresh: tuple[ModelCard, ExportConfig] | None = None) -> ExportResult:
+    """Export again with the precisions ``add`` on top of those the export in
+    ``directory`` already has, with its reference and settings, so its report keeps every
+    artifact it lists; ``fresh`` (a card and config) makes a new export where there is
+    none."""
+    if (Path(directory) / REPORT_FILE).is_file():
+        exp = open_export(directory)
+        card, cfg, have = exp.card(), exp.cfg, list(exp.report.get("files", {}))
+    elif fresh is not None:
+        (card, cfg), have = fresh, []
+        cfg = replace(cfg, out_dir=Path(directory))
+    else:
+        raise ArtifactError(f"{directory}: no export there; run 'deploy-attn export' first")
+    wanted = set(have) | set(add)
+    # fp16 before int8: the job stops at the first precision that fails its check
+    return export_job(card, replace(cfg, precisions=tuple(p for p in PRECISIONS[1:]
+                                                          if p in wanted)), progress)
 
 
 def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
@@ -340,16 +442,15 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     parity at each precision's tolerance and the TensorRT operator check."""
     from .parity import TOLERANCES, ort_outputs, ort_session
 
-    report = read_report(directory)
-    cfg = config_from_report(report, directory)
-    reference = reference_model(cfg)
-    x = verify_inputs(cfg, report, cfg.verify_count)
-    ref = torch_outputs(reference, x)
+    exp = open_export(directory)
+    card = exp.card()
+    x = exp.verify_inputs(exp.cfg.verify_count)
+    ref = torch_outputs(card.module, x)
     results = {}
-    for precision, file in report.get("files", {}).items():
+    for precision, file in exp.report.get("files", {}).items():
         progress(f"{precision}: {file}")
         result = compare(ort_outputs(ort_session(Path(directory) / file), x), ref,
-                         TOLERANCES[precision], classifier=get_spec(cfg.name).num_classes is not None)
+                         TOLERANCES[precision], classifier=card.classifier)
         results[precision] = {"file": file, **result.as_dict(),
                               "trt_check": _trt_check(Path(directory) / file)}
     return results
@@ -357,18 +458,17 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
 
 def engine_parity(directory: Path, engine_path: Path, precision: str,
                   progress: Progress = silent) -> dict:
-    """Run a TensorRT engine on the export's seeded inputs (Polygraphy TrtRunner) and
-    compare it with the reference PyTorch model at the precision's tolerance."""
+    """Run a TensorRT engine on the export's verification inputs (Polygraphy TrtRunner)
+    and compare it with the reference PyTorch model at the precision's tolerance."""
     from .engine import engine_outputs
     from .parity import TOLERANCES
 
-    report = read_report(directory)
-    cfg = config_from_report(report, directory)
-    reference = reference_model(cfg)
-    batch = report["input_shape"][0]
-    x = verify_inputs(cfg, report, cfg.verify_count * batch)
+    exp = open_export(directory)
+    card = exp.card()
+    batch = exp.report["input_shape"][0]
+    x = exp.verify_inputs(exp.cfg.verify_count * batch)
     progress(f"engine parity: {engine_path.name} on {len(x)} inputs vs PyTorch")
     outs = engine_outputs(engine_path, [x[i:i + batch] for i in range(0, len(x), batch)])
-    result = compare(np.concatenate(outs), torch_outputs(reference, x), TOLERANCES[precision],
-                     classifier=get_spec(cfg.name).num_classes is not None)
+    result = compare(np.concatenate(outs), torch_outputs(card.module, x), TOLERANCES[precision],
+                     classifier=card.classifier)
     return {"engine": engine_path.name, "precision": precision, **result.as_dict()}

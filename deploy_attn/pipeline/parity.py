@@ -74,6 +74,19 @@ def compare(test: np.ndarray, ref: np.ndarray, tol: Tolerance = FP32,
     return ParityResult(ref.shape[0], max_abs, max_rel, cosine, finite, ok, top1)
 
 
+DEGENERATE = 1e-2  # input_dependence below this: the output is nearly the same for any input
+
+
+def input_dependence(outputs: np.ndarray) -> float:
+    """How much a batch of outputs varies with the input: the RMS of each output's
+    deviation from the batch mean over the RMS of the outputs. A randomly initialised
+    classifier answers nearly the same for every input (about 1e-4); any artifact then
+    passes parity, so the figure is reported beside it."""
+    y = np.asarray(outputs, dtype=np.float64)
+    total = float(np.sqrt((y ** 2).mean()))
+    return float(np.sqrt(((y - y.mean(0)) ** 2).mean())) / total if total > 0 else 0.0
+
+
 def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model.eval()(torch.from_numpy(x)).numpy()

@@ -80,16 +80,19 @@ class ModelRecord:
 
 
 def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[ModelRecord]:
-    """The reports (and bench results, where saved) of ``names``, or of every export."""
+    """The reports (and bench results, where saved) of ``names`` (export folder names
+    under ``export_root``, or export directories), or of every export under it."""
     root = Path(export_root)
     chosen = list(names) if names else exported_names(root)
     if not chosen:
         raise ConfigError(f"no exports under {root}: run 'deploy-attn export NAME' first")
     records = []
     for name in chosen:
-        directory = root / name
+        # an export directory given as such, else a folder under the root
+        directory = Path(name) if (Path(name) / REPORT_FILE).is_file() else root / name
         bench_path = directory / BENCH_FILE
-        records.append(ModelRecord(name, directory, read_report(directory),
+        report = read_report(directory)
+        records.append(ModelRecord(report["name"], directory, report,
                                    _read_json(bench_path) if bench_path.is_file() else None))
     return records
 
@@ -181,6 +184,23 @@ def precision_rows(rec: ModelRecord) -> list[list[str]]:
                      f"TensorRT {env.get('tensorrt', '?')} on {env.get('gpu', '?')}",
                      f"{eng.get('file')}: {_size(rec.directory / eng.get('file', ''))}"])
     return rows
+
+
+def source_line(report: dict) -> str:
+    """Where the model came from: the source, its weights and the layout they mapped from."""
+    model = report.get("model", {})
+    source = model.get("source", {})
+    what = (f"registry model {source.get('name')}" if source.get("kind") == "registry" else
+            f"{source.get('kind', '?')} source {source.get('target') or source.get('class')}")
+    if report.get("paper"):
+        what += f" ({report['paper']})"
+    weights = model.get("weights")
+    if weights:
+        layout = f", layout {weights['layout']}" if weights.get("layout") else ""
+        return f"{what}, weights {weights['path']}{layout}"
+    generated = "the caller's module" if source.get("kind") == "object" else \
+        f"generated weights (seed {source.get('seed', 0)})"
+    return f"{what}, {generated}"
 
 
 PRECISION_HEADER = ["precision", "parity", "threshold", "max abs", "cosine", "top-1",
@@ -295,13 +315,14 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
              ("parity.png", "Parity error by module", parity_plot(records))]
     blocks += [Plot(f, alt, png) for f, alt, png in plots if png]
     for r in records:
-        rw = r.report.get("rewrites", {}).get("applied", [])
+        rewrites = r.report.get("rewrites", {})
+        rw = [f"{a['source']} -> {a['target']} x{a['count']}" for a in rewrites.get("applied", [])]
+        rw += [f"{g['name']} x{g['count']}" for g in rewrites.get("graph", [])]
         blocks += [Heading(r.name),
-                   Para(f"{r.report.get('paper', '')}. Opset {r.report.get('opset', '?')}, "
+                   Para(f"{source_line(r.report)}. Opset {r.report.get('opset', '?')}, "
                         f"{'dynamic' if r.report.get('dynamic_axes') else 'fixed'} batch; "
-                        f"deploy rewrites: " + (", ".join(f"{a['source']} -> {a['target']} "
-                                                         f"x{a['count']}" for a in rw) or "none")
-                        + f"; status {r.report.get('status', '?')}."),
+                        f"deploy rewrites: {', '.join(rw) or 'none'}"
+                        f"; status {r.report.get('status', '?')}."),
                    Heading("Parity, precision and TensorRT check", 3),
                    Table(PRECISION_HEADER, precision_rows(r))]
         if r.bench:
