@@ -7,7 +7,6 @@ into exactly the module's keys and shapes, and the mapping applied is recorded.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError
+from .pipeline.artifacts import file_sha256
 
 StateDict = dict[str, torch.Tensor]
 
@@ -54,14 +54,6 @@ class LoadedCheckpoint:
         if self.filled:
             parts.append(f"{self.filled} num_batches_tracked filled")
         return ", ".join(parts) + (f" ({self.note})" if self.note else "")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- reading --------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import LoadedCheckpoint, file_sha256, load_checkpoint
+from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .errors import ArtifactError, ConfigError, DeployAttnError
+from .pipeline.artifacts import file_sha256
 from .pipeline.calib import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 TASKS = ("classifier", "segmentation", "features")

@@ -252,7 +252,7 @@ def TimmECAResNet18(num_classes: int = 1000) -> TimmResNet:  # noqa: N802
     return TimmResNet(TimmBasicBlock, [2, 2, 2, 2], TimmEcaModule, num_classes)
 
 
-# --- a user's own module (the Python-object source) -------------------------------------------------
+# --- a user's own module (the Python-object source) ---------------------------------
 class SmallNet(nn.Module):
     """A small classifier with an SE-style gate written by hand."""
 

@@ -150,7 +150,8 @@ def test_pickled_objects_are_refused(tmp_path):
         load_checkpoint(_fresh("se"), path)
     whole = tmp_path / "whole.pt"
     torch.save(deploy_attn.create_model("se"), whole)
-    with pytest.raises(CheckpointError, match=r"whole pickled model .*torch.save\(model.state_dict"):
+    with pytest.raises(CheckpointError,
+                       match=r"whole pickled model .*torch.save\(model.state_dict"):
         load_checkpoint(_fresh("se"), whole)
 
 

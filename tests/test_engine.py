@@ -189,7 +189,7 @@ def test_missing_onnx_is_an_artifact_error(tmp_path):
 def _engine_with_sidecar(tmp_path, env=ENV, **extra):
     engine = tmp_path / "model.fp32.engine"
     engine.write_bytes(b"not really a plan, only bytes to hash")
-    write_json(eng.sidecar_path(engine), {"engine_sha256": eng._sha256(engine),
+    write_json(eng.sidecar_path(engine), {"engine_sha256": eng.file_sha256(engine),
                                           "environment": dict(env), **extra})
     return engine
 
@@ -354,7 +354,7 @@ def test_engine_matches_torch(export_cache, se_reference, tmp_path, dynamic_batc
     engine = eng.build_engine(exp.model_path, tmp_path / "model.fp32.engine", cfg)
 
     record = check_sidecar(engine, eng.current_environment())
-    assert record["onnx_sha256"] == eng._sha256(exp.model_path)
+    assert record["onnx_sha256"] == eng.file_sha256(exp.model_path)
     assert "--stronglyTyped" in record["trtexec"]
     assert (tmp_path / eng.TIMING_CACHE_FILE).is_file()
 

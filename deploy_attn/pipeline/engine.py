@@ -12,7 +12,6 @@ CUDA GPU, which the Docker image in ``docker/`` provides. ``tensorrt`` and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import shlex
@@ -24,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError, DeployAttnError
-from .artifacts import atomic_path, library_versions, write_json
+from .artifacts import atomic_path, file_sha256, library_versions, write_json
 from .export import INPUT_NAME
 from .onnx_io import load_onnx
 from .precision import PRECISION_METADATA
@@ -319,7 +318,7 @@ def check_sidecar(engine_path: str | Path, current: Mapping[str, Any]) -> dict:
     was built with another TensorRT version or GPU than ``current``
     (see current_environment). Returns the sidecar record."""
     record = read_sidecar(engine_path)
-    if record["engine_sha256"] != _sha256(engine_path):
+    if record["engine_sha256"] != file_sha256(engine_path):
         raise ArtifactError(f"{engine_path}: the engine differs from the one its sidecar "
                             "describes (sha256 mismatch); rebuild it")
     diffs = environment_mismatches(record["environment"], current)
@@ -372,9 +371,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConf
 
     write_json(side, {
         "engine": engine_path.name,
-        "engine_sha256": _sha256(engine_path),
+        "engine_sha256": file_sha256(engine_path),
         "onnx": str(onnx_path),
-        "onnx_sha256": _sha256(onnx_path),
+        "onnx_sha256": file_sha256(onnx_path),
         "precision": cfg.precision,
         "environment": env,
         "gpu_info_from": "torch.cuda (current device)",
@@ -423,10 +422,3 @@ def engine_outputs(engine_path: str | Path, inputs: Sequence[np.ndarray]) -> lis
         # the runner reuses its host buffers between calls: copy
         return [np.array(next(iter(run(x).values())), copy=True) for x in inputs]
 
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

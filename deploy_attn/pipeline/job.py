@@ -180,7 +180,8 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path,
     report["seconds"] = round(time.perf_counter() - t0, 2)
     if failure:
         write_json(out / FAILED_REPORT, report)
-        raise ParityError(f"{failure}; {_unchanged(out)}, the run's report is {out / FAILED_REPORT}")
+        raise ParityError(f"{failure}; {_unchanged(out)}, the run's report is "
+                          f"{out / FAILED_REPORT}")
     write_json(stage / REPORT_FILE, report)
     files = list(report["files"].values())
     if card.source["kind"] == "object":
