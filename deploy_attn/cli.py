@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -45,14 +49,32 @@ def _source_options(args: argparse.Namespace):
         std=tuple(args.std) if args.std else None)
 
 
+def _needs_precision(args: argparse.Namespace) -> None:
+    """Options that only act in a precision stage are errors without one."""
+    int8 = {"int8", "int8-cpu"} & set(args.precision)
+    rules = [("--exclude", bool(args.exclude), "int8" in args.precision, "--precision int8"),
+             ("--sensitivity", args.sensitivity, "int8" in args.precision, "--precision int8"),
+             ("--calib-method", args.calib_method is not None, bool(int8), "--precision int8"),
+             ("--calib-dir", args.calib_dir is not None, bool(args.precision),
+              "--precision fp16 or int8 (FP16 measures its ranges on them too)"),
+             ("--calib-count", args.calib_count is not None, bool(args.precision),
+              "--precision fp16 or int8"),
+             ("--ema", args.ema, args.weights is not None, "--weights")]
+    for flag, given, needed, what in rules:
+        if given and not needed:
+            raise DeployAttnError(f"{flag} does nothing without {what}")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline.job import ExportConfig, export_job
     from .sources import load_source
 
+    _needs_precision(args)
     cfg = ExportConfig(out_dir=args.output, dynamic_batch=args.dynamic_batch, opset=args.opset,
                        simplify=not args.no_simplify, approximate=args.approximate,
                        precisions=tuple(args.precision), calib_dir=args.calib_dir,
-                       calib_count=args.calib_count, calib_method=args.calib_method,
+                       calib_count=args.calib_count or 32,
+                       calib_method=args.calib_method or "minmax",
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
                        fp16_threshold=args.fp16_threshold)
     card = load_source(args.model, _source_options(args))
@@ -87,6 +109,52 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _count(least: int):
+    """An argparse type: an integer >= ``least``."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not an integer") from None
+        if number < least:
+            raise argparse.ArgumentTypeError(f"{number} must be >= {least}")
+        return number
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive finite number")
+    return number
+
+
+def _opset(value: str) -> int:
+    from .pipeline.export import MIN_OPSET, max_opset
+
+    number = _count(MIN_OPSET)(value)
+    if number > max_opset():
+        raise argparse.ArgumentTypeError(f"{number}: the exporter writes opsets {MIN_OPSET} to "
+                                         f"{max_opset()}")
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"deploy-attn: error: {self.prog.removeprefix('deploy-attn ')}: "
+                     f"{message}\n")
+
+
+POSITIVE = _count(1)
+
+
 def cmd_export_all(args: argparse.Namespace) -> int:
     from . import list_models
     from .pipeline.job import ExportConfig, export_job
@@ -112,7 +180,9 @@ def cmd_export_all(args: argparse.Namespace) -> int:
         rows.append(row)
     print(_table(rows, ["name", "status", "max_abs", "cosine", "nodes", "error"]))
     print(f"{len(names) - failed} exported, {failed} failed")
-    return 1 if failed else 0
+    if failed:
+        raise DeployAttnError(f"{failed} of {len(names)} exports failed (see the table)")
+    return 0
 
 
 def export_directory(target: str, output: Path | None, root: Path | None = None) -> Path:
@@ -190,8 +260,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     directory = export_directory(args.target, args.output)
     fresh = None
     if not (directory / "report.json").is_file():  # a registry name not exported yet
-        fresh = (load_source(args.target), ExportConfig(dynamic_batch=args.dynamic_batch,
-                                                        calib_dir=args.calib_dir))
+        fresh = (load_source(args.target), ExportConfig(
+            dynamic_batch=args.dynamic_batch, calib_dir=args.calib_dir,
+            precisions=(args.precision,) if args.precision != "fp32" else ()))
     entry = build_job(directory, args.precision, min_batch=args.min_batch,
                       opt_batch=args.opt_batch, max_batch=args.max_batch,
                       workspace_mib=args.workspace, progress=to_stderr, fresh=fresh)
@@ -225,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.export import DEFAULT_OPSET
     from .sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
 
-    p = argparse.ArgumentParser(prog="deploy-attn", description=__doc__)
+    p = _Parser(prog="deploy-attn", description=__doc__)
     p.add_argument("--version", action="version", version=f"deploy-attn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -244,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
     ex.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for CALLABLE (repeatable; VALUE a Python literal)")
-    ex.add_argument("--channels", type=int, help="input channels (default: the registry "
+    ex.add_argument("--channels", type=POSITIVE, help="input channels (default: the registry "
                     f"model's; {USER_CHANNELS} for other sources)")
-    ex.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+    ex.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"),
                     help="input height and width (default: the registry model's; "
                          f"{USER_INPUT_SIZE[0]} {USER_INPUT_SIZE[1]} for other sources)")
     ex.add_argument("--task", choices=TASKS, help="what the output is (default: the registry "
@@ -255,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image preprocessing mean, per channel (default ImageNet for 3 "
                          "channels, 0.5 otherwise)")
     ex.add_argument("--std", type=float, nargs="+", metavar="S", help="preprocessing std")
-    ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    ex.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
+                    help=f"ONNX opset (default {DEFAULT_OPSET})")
     ex.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     ex.add_argument("--approximate", action="store_true",
                     help="also apply rewrites that change numerics (the report states their error)")
@@ -265,21 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "layouts (official CA, torchvision, timm) are mapped")
     ex.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights "
                     "(state_dict_ema) where it has raw ones too")
-    ex.add_argument("--num-classes", type=int, help="classifier/segmentation classes (registry "
+    ex.add_argument("--num-classes", type=POSITIVE, help="classifier/segmentation classes (registry "
                     "backbones: e.g. a checkpoint's head width; other sources: num_classes=K)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
                     help="also write FP16 / INT8 artifacts: fp16, int8 or fp16,int8")
     ex.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png); default: a "
                     "seeded generated set, labelled as such in the report")
-    ex.add_argument("--calib-count", type=int, default=32, help="calibration inputs (default 32)")
-    ex.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ex.add_argument("--calib-count", type=POSITIVE, help="calibration inputs (default 32)")
+    ex.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+                    help="INT8 calibration (default minmax)")
     ex.add_argument("--exclude", type=_csv, default=[], metavar="NODES|auto",
                     help="INT8 nodes to keep FP32, or 'auto' (most sensitive first, until the "
                          "INT8 threshold is met)")
     ex.add_argument("--sensitivity", action="store_true",
                     help="report per-layer INT8 sensitivity (one quantization per layer)")
-    ex.add_argument("--fp16-threshold", type=float, default=512.0,
+    ex.add_argument("--fp16-threshold", type=_positive_float, default=512.0,
                     help="keep a node FP32 when its activations exceed this (default 512, AutoCast's)")
     ex.set_defaults(func=cmd_export)
 
@@ -298,10 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
     bd.add_argument("--dynamic-batch", action="store_true",
                     help="when exporting first: a dynamic batch axis (then --min/opt/max-batch)")
-    bd.add_argument("--min-batch", type=int)
-    bd.add_argument("--opt-batch", type=int)
-    bd.add_argument("--max-batch", type=int)
-    bd.add_argument("--workspace", type=int, metavar="MIB", help="builder workspace (default 4096)")
+    bd.add_argument("--min-batch", type=POSITIVE)
+    bd.add_argument("--opt-batch", type=POSITIVE)
+    bd.add_argument("--max-batch", type=POSITIVE)
+    bd.add_argument("--workspace", type=POSITIVE, metavar="MIB", help="builder workspace (default 4096)")
     bd.add_argument("--calib-dir", type=Path, help="when exporting INT8 first: calibration images")
     bd.set_defaults(func=cmd_build)
 
@@ -311,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("target", help="an export directory, or a registry name (export/NAME)")
     bn.add_argument("--backends", type=_csv, default=list(DEFAULT_BACKENDS),
                     help=f"comma list (default {','.join(DEFAULT_BACKENDS)}; also ort-int8-cpu)")
-    bn.add_argument("--batch", type=int, default=1)
-    bn.add_argument("--threads", type=int, default=2)
-    bn.add_argument("--runs", type=int, default=50)
-    bn.add_argument("--warmup", type=int, default=10)
+    bn.add_argument("--batch", type=POSITIVE, default=1)
+    bn.add_argument("--threads", type=POSITIVE, default=2)
+    bn.add_argument("--runs", type=POSITIVE, default=50)
+    bn.add_argument("--warmup", type=_count(0), default=10)
     bn.add_argument("--root", type=Path, default=Path("export"), help="export root (default export/)")
     bn.add_argument("--save", action="store_true", help="write export/NAME/bench.json for the report")
     bn.add_argument("--json", action="store_true")
@@ -335,16 +408,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, timeout, CI cancellation), handled like Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _one_line(text: str) -> str:
+    """An error message as one line: no ANSI colour codes, no line breaks."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text))
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        with warnings.catch_warnings():
+            # third-party warnings (torch, onnx, converters) are not the user's business
+            # and would break the one-line errors; deploy-attn's own notes are progress lines
+            warnings.simplefilter("ignore")
+            return args.func(args)
     except DeployAttnError as exc:
-        print(f"deploy-attn: error: {exc}", file=sys.stderr)
+        print(f"deploy-attn: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the environment (disk, permissions), not a bug: one line
+        where = exc.filename if exc.filename is not None else ""
+        where += f" -> {exc.filename2}" if exc.filename2 else ""
+        reason = exc.strerror or _one_line(exc) or type(exc).__name__
+        print(f"deploy-attn: error: {where + ': ' if where else ''}{reason}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("deploy-attn: terminated (SIGTERM); nothing partial was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("deploy-attn: interrupted", file=sys.stderr)
+        print("deploy-attn: interrupted; nothing partial was left", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -301,6 +301,52 @@ class SourceOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        for what, value in (("channels", self.channels), ("num_classes", self.num_classes)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{what} {value!r} must be a positive integer")
+        if self.input_size is not None:
+            size = tuple(self.input_size)
+            if len(size) != 2 or not all(isinstance(d, int) and d >= 1 for d in size):
+                raise ConfigError(f"input size {size} must be two positive integers (H, W)")
+            object.__setattr__(self, "input_size", size)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), or None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+MEMORY_FACTOR = 64  # an export holds ~64 input samples' worth: calibration batches, activations
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def check_input_fits(shape: Sequence[int]) -> None:
+    """ConfigError, with an estimate, when an input of ``shape`` is too large to export
+    on this machine (before anything is allocated)."""
+    per_sample = 4.0
+    for d in shape[1:]:
+        per_sample *= d
+    need, have = MEMORY_FACTOR * per_sample, available_memory()
+    if have is not None and need > have / 2:
+        raise ConfigError(f"input {'x'.join(map(str, shape))} is {_size(per_sample)} per "
+                          f"sample; exporting it needs about {_size(need)} of memory "
+                          f"({MEMORY_FACTOR} samples' worth), this machine has {_size(have)} "
+                          "available: choose a smaller --input-size or --channels")
+
 
 def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(),
                 name: str | None = None) -> ModelCard:
@@ -321,6 +367,7 @@ def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(
             raise ConfigError("--num-classes and --model-arg num_classes both given")
         args["num_classes"] = options.num_classes
     record: dict[str, Any] = {"kind": kind, "target": source, "args": args, "seed": options.seed}
+    check_input_fits(_shape(options.channels, options.input_size, USER_CHANNELS, USER_INPUT_SIZE))
     with _seeded(options.seed):
         if kind in HUBS:
             model, record["version"] = _hub_model(kind, source.partition(":")[2], args)
@@ -340,6 +387,7 @@ def _registry_card(name: str, options: SourceOptions, display: str | None) -> Mo
     from .registry import get_spec
 
     spec = get_spec(name)
+    check_input_fits(spec.input_shape(1, options.channels, options.input_size))
     if options.model_args:
         raise ConfigError(f"--model-arg applies to FILE.py:CALLABLE and package sources; "
                           f"{name} is a registry model (see --channels, --num-classes)")
@@ -368,6 +416,11 @@ def _finish(model: nn.Module, name: str, record: dict, options: SourceOptions, k
     weights = None
     if options.weights is not None:
         weights = load_checkpoint(model, options.weights, options.ema)
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{record.get('target') or name}: {len(bad)} weight tensor(s) hold "
+                          f"NaN or Inf: {', '.join(bad[:3])}")
     task = options.task or _infer_task(model, shape, record.get("target", name))
     return ModelCard(model.eval(), name, tuple(shape), task,
                      default_preprocess(kind, shape, options.mean, options.std), record, kind,

@@ -60,28 +60,27 @@ def library_versions() -> dict[str, str]:
 
 # --- export directories as transactions ------------------------------------------------
 STAGING_PREFIX = ".export-"  # a run's staging folder inside the export directory
-LOCK_FILE = ".deploy-attn.lock"
 
 
 @contextlib.contextmanager
 def directory_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` for the block; another run holding it is
-    an ArtifactError naming its process (the lock dies with its process, even killed)."""
+    """Hold an exclusive lock on ``directory`` itself for the block (flock on the folder:
+    no lock file to leave behind, and the lock dies with its process, even killed).
+    Another run holding it is an ArtifactError naming its process."""
     import fcntl
 
     from ..errors import ArtifactError
 
-    lock = directory / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ArtifactError(f"{directory}: another deploy-attn run (pid {holder}) is "
-                                "writing there; wait for it or choose another -o") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            pids = sorted({p.name[len(STAGING_PREFIX):].split("-")[0]
+                           for p in directory.glob(STAGING_PREFIX + "*")})
+            raise ArtifactError(f"{directory}: another deploy-attn run (pid "
+                                f"{', '.join(pids) or '?'}) is writing there; wait for it or "
+                                "choose another -o") from None
         yield
     finally:
         os.close(fd)
@@ -95,8 +94,10 @@ def staging_dir(directory: Path) -> Iterator[Path]:
     import shutil
 
     for stale in directory.glob(STAGING_PREFIX + "*"):
-        if stale.is_dir():
+        if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=directory))
     try:
         yield path
@@ -120,19 +121,27 @@ def signals_deferred() -> Iterator[None]:
 def publish(staged: Path, directory: Path, files: list[str], report: str,
             owned: Callable[[str], bool]) -> None:
     """Move the staged ``files`` and then ``report`` into ``directory``, and remove the
-    files of an earlier export (``owned`` names) that this one does not have. The old
-    report goes first, so even a publish torn by SIGKILL leaves no report describing
-    files it does not."""
+    files of an earlier export (``owned`` names) that this one does not have. Every
+    target is checked first (a folder where a file must go is an ArtifactError before
+    anything moves); the old report goes first, so even a publish torn by SIGKILL leaves
+    no report describing files it does not."""
+    from ..errors import ArtifactError
+
     keep = set(files) | {report}
     for name in files + [report]:
+        target = directory / name
+        if target.exists() and not target.is_file():
+            raise ArtifactError(f"{target} is not a file (a folder?); remove it or choose "
+                                "another -o")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staged / name, 0o666 & ~umask)  # shared artifacts, as atomic_path writes
+    stale = [p for p in directory.iterdir() if p.name not in keep and owned(p.name)
+             and p.is_file()]
     with signals_deferred():
         (directory / report).unlink(missing_ok=True)
         for name in files:
             os.replace(staged / name, directory / name)
-        for old in directory.iterdir():
-            if old.name not in keep and owned(old.name) and old.is_file():
-                old.unlink()
+        for old in stale:
+            old.unlink()
         os.replace(staged / report, directory / report)

@@ -41,10 +41,14 @@ class CalibData:
 
 
 def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            # deploy: a decompression bomb (a small file of billions of pixels) is refused
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
             mode = img.mode
             if mode == "P":
@@ -58,7 +62,9 @@ def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
             img = img.convert("F" if channels == 1 else "RGB")
             img = img.resize((pre.size[1], pre.size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ArtifactError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ArtifactError(f"{path}: not a readable image ({type(exc).__name__})") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     arr = arr / (65535.0 if mode == "I;16" else 255.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def _quiet():
         logger.setLevel(level)
 
 
+def max_opset() -> int:
+    """The newest opset onnx knows (the exporter converts to any opset up to it)."""
+    return onnx.defs.onnx_opset_version()
+
+
+def _interrupt_in(exc: BaseException) -> BaseException | None:
+    """A KeyboardInterrupt (or subclass) among the causes of ``exc``, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, *,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
     """Export ``model`` with torch.export (the dynamo exporter) and validate the file.
@@ -42,8 +59,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     With a dynamic batch the example input has batch 2: torch.export specialises sizes
     0 and 1, so a batch-1 example would bake the batch in.
     """
-    if opset < MIN_OPSET:
-        raise ConfigError(f"--opset {opset} is too old; deploy-attn exports opset >= {MIN_OPSET}")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ConfigError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to "
+                          f"{max_opset()}")
     shape = tuple(input_shape)
     if dynamic_batch:
         shape = (max(2, shape[0]),) + shape[1:]
@@ -60,9 +78,18 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         except DeployAttnError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DeployAttnError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+            interrupt = _interrupt_in(exc)
+            if interrupt is not None:  # torch.export wraps a Ctrl-C / SIGTERM in its error
+                raise interrupt from None
+            first = (re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+                     or [type(exc).__name__])[0]
+            raise DeployAttnError(f"torch.onnx.export failed for {type(model).__name__}: "
+                                  f"{first}") from exc
         proto = load_onnx(tmp)
+        wrote = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if wrote != opset:
+            raise ConfigError(f"--opset {opset}: the exporter wrote opset {wrote} instead; "
+                              f"choose one of {MIN_OPSET} to {max_opset()}")
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
         onnx.save(proto, str(tmp))
     return path

@@ -9,6 +9,7 @@ against (``open_export``)."""
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch.nn as nn
 
-from ..errors import ArtifactError, ConfigError, ParityError
+from ..errors import ArtifactError, ConfigError, DeployAttnError, ParityError
 from ..rewrite import patch_for_deploy, summarize
 from ..sources import REFERENCE_STATE, ModelCard, SourceOptions, load_source, rebuild, \
     save_reference_state
-from .artifacts import directory_lock, library_versions, publish, staging_dir, write_json
+from .artifacts import STAGING_PREFIX, directory_lock, library_versions, publish, \
+    staging_dir, write_json
 from .calib import CalibData, calibration_data, verification_data
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
@@ -64,6 +66,33 @@ class ExportConfig:
     fp16_threshold: float = AUTOCAST_MAX
     verify_count: int = 8
 
+    def __post_init__(self) -> None:
+        from .export import MIN_OPSET, max_opset
+        from .precision import CALIB_METHODS
+
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ConfigError(f"unknown precision {', '.join(bad)}; choose from "
+                              f"{', '.join(PRECISIONS)}")
+        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= max_opset():
+            raise ConfigError(f"opset {self.opset}: the exporter writes opsets {MIN_OPSET} to "
+                              f"{max_opset()}")
+        for what, value in (("calib_count", self.calib_count),
+                            ("verify_count", self.verify_count)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{what} {value!r} must be a positive integer")
+        if not self.fp16_threshold > 0:
+            raise ConfigError(f"fp16 threshold {self.fp16_threshold}: must be positive (a "
+                              "node stays FP32 above it)")
+        if self.calib_method not in CALIB_METHODS:
+            raise ConfigError(f"calibration method '{self.calib_method}': choose from "
+                              f"{', '.join(CALIB_METHODS)}")
+        stages = [p for p in self.precisions if p != "fp32"]
+        if (self.exclude or self.sensitivity) and "int8" not in stages:
+            raise ConfigError("--exclude and --sensitivity apply to INT8: add --precision int8")
+        if self.calib_dir is not None and not stages:
+            raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
+
     def directory(self, card: ModelCard) -> Path:
         return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
 
@@ -82,33 +111,58 @@ class ExportResult:
         return self.directory / REPORT_FILE
 
 
-def _check_config(cfg: ExportConfig) -> None:
-    bad = [p for p in cfg.precisions if p not in PRECISIONS]
-    if bad:
-        raise ConfigError(f"unknown precision {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
-    if cfg.exclude == ("auto",) and "int8" not in cfg.precisions:
-        raise ConfigError("--exclude applies to INT8: add --precision int8")
-
-
 def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) -> ExportResult:
     """Run the export job on ``card``. Every file is staged and published together once
-    the whole run has passed; a failure raises ParityError (or the stage's error) and
-    leaves the directory's earlier export as it was, with the run's report in
-    FAILED_REPORT."""
-    _check_config(cfg)
-    out = cfg.directory(card)
-    _mkdir(out)
+    the whole run has passed; a failure raises the stage's error (ParityError for a
+    check) naming the failure report, and leaves the directory's earlier export as it
+    was. An interruption leaves nothing behind but what was there."""
+    out = _prepare(cfg.directory(card))
+    report: dict = {"name": card.name, "kind": card.kind, "paper": card.paper,
+                    "model": card.record(), "config": _config_dict(cfg)}
     with directory_lock(out), staging_dir(out) as stage:
-        return _run(card, cfg, out, stage, progress)
+        try:
+            _run(card, cfg, out, stage, report, progress)
+        except DeployAttnError as exc:
+            report.update(status="failed", error=str(exc))
+            try:
+                write_json(out / FAILED_REPORT, report)
+                where = f"the run's report is {out / FAILED_REPORT}"
+            except OSError as why:  # e.g. the disk is full: the error itself matters more
+                where = f"its report could not be written ({why.strerror or why})"
+            raise type(exc)(f"{exc}; {_unchanged(out)}, {where}") from None
+    rejected = [f"{report['files'][p]}: {c['summary']}"
+                for p, c in report.get("trt_check", {}).items() if not c["ok"]]
+    if rejected:  # the files are right for ONNX Runtime, so they stay; the exit says why
+        more = f" (and {len(rejected) - 1} more file(s))" if len(rejected) > 1 else ""
+        raise ArtifactError(f"{card.name}: {rejected[0]}{more}; the ONNX files are written "
+                            f"for ONNX Runtime, but TensorRT would not build them")
+    return ExportResult(out, report)
 
 
-def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path,
-         progress: Progress) -> ExportResult:
+def _prepare(out: Path) -> Path:
+    """The export directory, created; one-line errors for a path that cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a directory; choose another -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=STAGING_PREFIX + "probe-")
+        probe.close()
+    except OSError as exc:
+        raise ArtifactError(f"{out}: cannot write there: {exc.strerror or exc}") from None
+    return out
+
+
+def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dict,
+         progress: Progress) -> None:
+    """Every stage of the job, each file into ``stage``, ``report`` filled as it goes;
+    published into ``out`` at the end."""
     from ..graph_rewrite import rewrite_onnx
 
     shape = card.input_shape
     t0 = time.perf_counter()
     progress(f"build {card.label()} {list(shape)}")
+    stages = [p for p in cfg.precisions if p != "fp32"]
+    checks = _checks(cfg, card) if stages else None  # bad calibration input fails here
     deploy, applied = patch_for_deploy(card.module, approximate=cfg.approximate)
     x = seeded_inputs(shape)
     rewrite_error = compare(torch_outputs(deploy, x), torch_outputs(card.module, x), FP32)
@@ -119,18 +173,16 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path,
                  f"{dependence:.1e} of its size over 4 inputs), so every parity check below "
                  "passes easily; give trained weights (--weights) for figures that mean "
                  "something")
-
-    report: dict = {
-        "name": card.name, "kind": card.kind, "paper": card.paper, "model": card.record(),
+    report.update({
+        "model": card.record(),
         "input_shape": list(shape), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
         "opset": cfg.opset,
         "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
         if cfg.dynamic_batch else {},
-        "config": _config_dict(cfg),
         "reference": {"input_dependence": dependence, "degenerate": dependence < DEGENERATE},
         "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
                      "deploy_vs_reference_torch": rewrite_error.as_dict()},
-    }
+    })
     raw, passed = stage / "raw.onnx", stage / "passes.onnx"
     progress(f"export opset {cfg.opset}{' dynamic batch' if cfg.dynamic_batch else ''}")
     export_onnx(deploy, shape, raw, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
@@ -160,43 +212,29 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path,
                                  "results": [r.as_dict() for r in results], "ok": ok}}
     report["versions"] = library_versions()
     report["files"] = {"fp32": MODEL_FILE} if ok else {}
-    failure = None
-    if ok:
-        report["trt_check"] = {"fp32": _trt_check(final)}
-    else:
-        failure = (f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
-                   f"{FP32.atol:g} / rtol {FP32.rtol:g} (max abs "
-                   f"{max(r.max_abs for r in results):.3g}, max rel "
-                   f"{max(r.max_rel for r in results):.3g})")
-    stages = [p for p in cfg.precisions if p != "fp32"] if ok else []
-    checks = _checks(cfg, card) if stages else None
+    if not ok:
+        raise ParityError(f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond "
+                          f"atol {FP32.atol:g} / rtol {FP32.rtol:g} (max abs "
+                          f"{max(r.max_abs for r in results):.3g}, max rel "
+                          f"{max(r.max_rel for r in results):.3g})")
+    report["trt_check"] = {"fp32": _trt_check(final)}
     for precision in stages:
         failure = _precision_stage(cfg, card, checks, precision, stage, report, progress)
         if failure:
-            break
-    rejected = [f"{report['files'][p]}: {c['summary']}"
-                for p, c in report.get("trt_check", {}).items() if not c["ok"]]
-    report["status"] = ("failed" if failure else "trt-rejected" if rejected else "ok")
+            raise ParityError(failure)
+    rejected = any(not c["ok"] for c in report["trt_check"].values())
+    report["status"] = "trt-rejected" if rejected else "ok"
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    if failure:
-        write_json(out / FAILED_REPORT, report)
-        raise ParityError(f"{failure}; {_unchanged(out)}, the run's report is "
-                          f"{out / FAILED_REPORT}")
     write_json(stage / REPORT_FILE, report)
     files = list(report["files"].values())
     if card.source["kind"] == "object":
         files.append(REFERENCE_STATE)
     publish(stage, out, files, REPORT_FILE, lambda name: bool(OWNED.match(name)))
-    if rejected:  # the files are right for ONNX Runtime, so they stay; the exit says why
-        more = f" (and {len(rejected) - 1} more file(s))" if len(rejected) > 1 else ""
-        raise ArtifactError(f"{card.name}: {rejected[0]}{more}; the ONNX files are written "
-                            f"for ONNX Runtime, but TensorRT would not build them")
-    return ExportResult(out, report)
 
 
 def _unchanged(out: Path) -> str:
     return (f"{out} keeps its earlier export unchanged" if (out / REPORT_FILE).is_file()
-            else f"nothing was written to {out}")
+            else f"no artifact was written to {out}")
 
 
 def _trt_check(path: Path) -> dict:
@@ -291,11 +329,6 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
     if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
         report.setdefault("trt_check", {})[precision] = _trt_check(staged)
     return None
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # --- the Python API ---------------------------------------------------------------------------
@@ -450,8 +483,12 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     results = {}
     for precision, file in exp.report.get("files", {}).items():
         progress(f"{precision}: {file}")
-        result = compare(ort_outputs(ort_session(Path(directory) / file), x), ref,
-                         TOLERANCES[precision], classifier=card.classifier)
+        try:
+            result = compare(ort_outputs(ort_session(Path(directory) / file), x), ref,
+                             TOLERANCES[precision], classifier=card.classifier)
+        except ArtifactError as exc:  # e.g. a file replaced by another model's
+            raise ArtifactError(f"{Path(directory) / file} ({exp.name}'s {precision} "
+                                f"artifact): {exc}") from None
         results[precision] = {"file": file, **result.as_dict(),
                               "trt_check": _trt_check(Path(directory) / file)}
     return results

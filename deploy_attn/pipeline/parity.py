@@ -136,7 +136,14 @@ def ort_batches(session, x: np.ndarray) -> Iterator[list[np.ndarray]]:
     if x.shape[0] % fixed:
         raise ArtifactError(f"batch {x.shape[0]} is not a multiple of the model's batch {fixed}")
     for i in range(0, x.shape[0], fixed):
-        yield session.run(None, {inp.name: x[i:i + fixed]})
+        try:
+            outs = session.run(None, {inp.name: x[i:i + fixed]})
+        except Exception as exc:  # ORT's pybind errors: a graph foreign to these inputs
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(f"ONNX Runtime cannot run the graph on input "
+                                f"{list(x[i:i + fixed].shape)} ('{inp.name}' is "
+                                f"{inp.shape}): {first}") from None
+        yield outs
 
 
 def ort_outputs(session, x: np.ndarray) -> np.ndarray:

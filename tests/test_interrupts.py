@@ -1,0 +1,101 @@
+"""Interrupted exports (SIGINT, SIGTERM, SIGKILL at several stages, in a real process):
+the earlier export stays byte for byte, nothing that looks like an artifact is left, and
+the next run removes what a killed one left."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import deploy_attn
+from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACT = re.compile(r"^(model.*\.(onnx|engine)|report\.json)$")
+EXPORT = ["export", "mobilenetv2_ca", "--input-size", "128", "128", "--precision", "fp16,int8",
+          "--calib-count", "8"]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and STAGING_PREFIX not in str(p.relative_to(directory))}
+
+
+def interrupt_at(stage: str, sig: signal.Signals, out: Path, delay: float):
+    """Start an export into ``out``, wait for ``stage``'s progress line on stderr (not a
+    fixed sleep), then ``delay`` seconds more, and send ``sig``: (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "deploy_attn.cli", *EXPORT, "-o", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=REPO)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if stage in line:
+                break
+        else:
+            pytest.fail(f"the export ended before '{stage}': {''.join(seen)}")
+        time.sleep(delay)
+        proc.send_signal(sig)
+        rest = proc.stderr.read()
+        return proc.wait(timeout=120), "".join(seen) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("interrupts") / "good"
+    deploy_attn.export("mobilenetv2_ca", out_dir=out, input_size=(128, 128))
+    return out
+
+
+@pytest.mark.parametrize("stage,sig,delay,over_good", [
+    ("export opset", signal.SIGINT, 1.5, True),  # inside torch.export, which wraps Ctrl-C
+    ("simplify", signal.SIGTERM, 0.0, False),
+    ("fp16: measure", signal.SIGINT, 0.0, False),
+    ("int8: calibrate", signal.SIGTERM, 0.3, True),
+], ids=["sigint-torch-export", "sigterm-simplify", "sigint-fp16", "sigterm-int8"])
+def test_interrupted_export(good, tmp_path, stage, sig, delay, over_good):
+    out = tmp_path / "out"
+    if over_good:
+        shutil.copytree(good, out)
+    before = snapshot(out) if over_good else {}
+    code, err = interrupt_at(stage, sig, out, delay)
+    last = err.strip().splitlines()[-1]
+    if sig == signal.SIGINT:
+        assert code == 130 and last.startswith("deploy-attn: interrupted"), err
+    else:
+        assert code == 143 and last.startswith("deploy-attn: terminated"), err
+    assert "Traceback" not in err and "\x1b" not in err and "error" not in last, err
+    if over_good:
+        assert snapshot(out) == before, "the earlier export changed"
+    else:
+        assert not [p for p in out.rglob("*") if ARTIFACT.match(p.name)], list(out.rglob("*"))
+    assert not list(out.glob(STAGING_PREFIX + "*")), "staging left behind"
+
+
+def test_killed_export_leaves_the_good_one_and_the_next_run_cleans_up(good, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    before = snapshot(out)
+    code, _ = interrupt_at("int8: calibrate", signal.SIGKILL, out, 0.3)
+    assert code == -signal.SIGKILL
+    assert snapshot(out) == before
+    assert list(out.glob(STAGING_PREFIX + "*")), "SIGKILL cannot clean up: staging expected"
+    # the next run into the folder (here one that fails at once) removes the debris
+    proc = subprocess.run([sys.executable, "-m", "deploy_attn.cli", *EXPORT, "--calib-dir",
+                           str(tmp_path / "nope"), "-o", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "calibration folder does not exist" in proc.stderr
+    assert not list(out.glob(STAGING_PREFIX + "*"))
+    after = snapshot(out)
+    after.pop("export-failed.json")
+    assert after == before
