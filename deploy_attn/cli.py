@@ -51,9 +51,10 @@ def _source_options(args: argparse.Namespace):
 
 def _needs_precision(args: argparse.Namespace) -> None:
     """Options that only act in a precision stage are errors without one."""
-    int8 = {"int8", "int8-cpu"} & set(args.precision)
-    rules = [("--exclude", bool(args.exclude), "int8" in args.precision, "--precision int8"),
-             ("--sensitivity", args.sensitivity, "int8" in args.precision, "--precision int8"),
+    int8 = {"int8", "int8-fp32", "int8-cpu"} & set(args.precision)
+    tensorrt_int8 = bool({"int8", "int8-fp32"} & set(args.precision))
+    rules = [("--exclude", bool(args.exclude), tensorrt_int8, "--precision int8"),
+             ("--sensitivity", args.sensitivity, tensorrt_int8, "--precision int8"),
              ("--calib-method", args.calib_method is not None, bool(int8), "--precision int8"),
              ("--calib-dir", args.calib_dir is not None, bool(args.precision),
               "--precision fp16 or int8 (FP16 measures its ranges on them too)"),
@@ -96,8 +97,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         extra = (f"{len(entry['fp32_kept_nodes'])} nodes kept FP32" if precision == "fp16" else
                  f"{len(entry['float_nodes'])} nodes left float ({entry['method']})"
                  if precision == "int8-cpu" else
-                 f"{entry['quantized_nodes']} nodes quantized ({entry['method']}), "
-                 f"{len(entry['excluded_nodes'])} excluded")
+                 f"{entry['quantized_nodes']} of {entry['candidate_nodes']} nodes quantized "
+                 f"({entry['method']}), {len(entry['excluded_nodes'])} excluded, "
+                 f"{entry['residual_adds_quantized']} residual Adds"
+                 + (f", FP16 remainder with {len(entry['fp32_kept_nodes'])} nodes kept FP32"
+                    if precision == "int8" else ""))
         _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
     weights = f" (weights: {card.weights.describe()})" if card.weights else ""
     files = ", ".join(str(result.directory / f) for f in rep["files"].values())
@@ -294,6 +298,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
+    from .pipeline.precision import TENSORRT_PRECISIONS
     from .sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
 
     p = _Parser(prog="deploy-attn", description=__doc__)
@@ -341,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "backbones: e.g. a checkpoint's head width; other sources: num_classes=K)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
-                    help="also write FP16 / INT8 artifacts: fp16, int8 or fp16,int8")
+                    help="also write FP16 / INT8 artifacts, comma-separated: fp16; int8 (INT8 "
+                         "with an FP16 remainder, what TensorRT users build); int8-fp32 (INT8 "
+                         "with an FP32 remainder); int8-cpu (for ONNX Runtime on x86 CPUs)")
     ex.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png); default: a "
                     "seeded generated set, labelled as such in the report")
     ex.add_argument("--calib-count", type=POSITIVE, help="calibration inputs (default 32)")
@@ -367,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bd = sub.add_parser("build", help="build a strongly typed TensorRT engine and check it")
     bd.add_argument("target", help="an export directory, or a registry name")
-    bd.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    bd.add_argument("--precision", choices=list(TENSORRT_PRECISIONS), default="fp32",
+                    help="the artifact to build (int8: INT8 + FP16 remainder; int8-fp32: INT8 "
+                         "+ FP32 remainder)")
     bd.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
     bd.add_argument("--dynamic-batch", action="store_true",
                     help="when exporting first: a dynamic batch axis (then --min/opt/max-batch)")

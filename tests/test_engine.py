@@ -111,6 +111,20 @@ def test_trtexec_dynamic_shapes_and_options(tmp_path):
     assert "--builderOptimizationLevel=5" in cmd
 
 
+def test_tensorrt_11_commands_and_caches_per_version(tmp_path):
+    """11.x: no --stronglyTyped (always on there), and each TensorRT version keeps its
+    own timing cache beside the engines."""
+    cfg = static()
+    ten = trtexec_command("m.onnx", tmp_path / "e.engine", cfg, "10.16.1.11")
+    eleven = trtexec_command("m.onnx", tmp_path / "e.engine", cfg, "11.2.1.2")
+    assert "--stronglyTyped" in ten and "--stronglyTyped" not in eleven
+    caches = {eng.timing_cache_path(tmp_path / "e.engine", cfg, v) for v in ("10.16.1.11",
+                                                                           "11.2.1.2")}
+    assert {c.name for c in caches} == {"trt_timing-10.16.1.11.cache", "trt_timing-11.2.1.2.cache"}
+    assert f"--timingCacheFile={tmp_path / 'trt_timing-11.2.1.2.cache'}" in eleven
+    assert eng.tensorrt_series("11.2.1.2") == 11 and eng.tensorrt_series(None) is None
+
+
 @pytest.mark.parametrize("precision", eng.PRECISIONS)
 def test_trtexec_never_sets_precision_flags(precision):
     cmd = trtexec_command("model.onnx", "e.engine", dynamic(precision=precision))
@@ -121,21 +135,30 @@ def test_trtexec_never_sets_precision_flags(precision):
 # --- ONNX checks ------------------------------------------------------------------------
 
 def _tiny_onnx(path, kind: str):
-    """A one-input graph that is fp32, fp16 (a Cast to float16) or int8 (Q/DQ)."""
+    """A one-input graph that is fp32, fp16 (a Cast to float16), int8-fp32 (Q/DQ) or int8
+    (Q/DQ with FP16 scales between Casts, opset 19)."""
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    opset = 18
     if kind == "fp16":
         nodes = [helper.make_node("Cast", ["input"], ["h"], to=TensorProto.FLOAT16),
                  helper.make_node("Cast", ["h"], ["output"], to=TensorProto.FLOAT)]
         inits = []
-    elif kind == "int8":
+    elif kind == "int8-fp32":
         nodes = [helper.make_node("QuantizeLinear", ["input", "s"], ["q"]),
                  helper.make_node("DequantizeLinear", ["q", "s"], ["output"])]
         inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])]
+    elif kind == "int8":
+        nodes = [helper.make_node("Cast", ["input"], ["h"], to=TensorProto.FLOAT16),
+                 helper.make_node("QuantizeLinear", ["h", "s"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s"], ["d"]),
+                 helper.make_node("Cast", ["d"], ["output"], to=TensorProto.FLOAT)]
+        inits = [helper.make_tensor("s", TensorProto.FLOAT16, [], [0.1])]
+        opset = 19
     else:
         nodes, inits = [helper.make_node("Relu", ["input"], ["output"])], []
     graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
     return path
 
 
@@ -356,7 +379,9 @@ def test_engine_matches_torch(export_cache, se_reference, tmp_path, dynamic_batc
     record = check_sidecar(engine, eng.current_environment())
     assert record["onnx_sha256"] == eng.file_sha256(exp.model_path)
     assert "--stronglyTyped" in record["trtexec"]
-    assert (tmp_path / eng.TIMING_CACHE_FILE).is_file()
+    version = eng.current_environment()["tensorrt"]
+    assert eng.timing_cache_path(engine, cfg, version).is_file()
+    assert record["environment"]["tensorrt_series"] == eng.tensorrt_series(version)
 
     sample = tuple(exp.report["input_shape"][1:])
     xs = [seeded_inputs((b,) + sample) for b in ([1, 4] if dynamic_batch else [1])]

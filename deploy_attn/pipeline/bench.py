@@ -30,9 +30,9 @@ BENCH_FILE = "bench.json"  # beside report.json when bench(save=True)
 # backend -> the precision of the artifact it runs (None: the PyTorch reference module)
 BACKENDS: dict[str, str | None] = {
     "torch": None,
-    "ort-fp32": "fp32", "ort-fp16": "fp16", "ort-int8": "int8",
+    "ort-fp32": "fp32", "ort-fp16": "fp16", "ort-int8": "int8", "ort-int8-fp32": "int8-fp32",
     "ort-int8-cpu": "int8-cpu",  # the CPU-tuned INT8 variant (cpu_int8.py), not a TensorRT input
-    "trt-fp32": "fp32", "trt-fp16": "fp16", "trt-int8": "int8",
+    "trt-fp32": "fp32", "trt-fp16": "fp16", "trt-int8": "int8", "trt-int8-fp32": "int8-fp32",
 }
 BLOCK = 10  # timed calls per backend per round
 SETTLE_S = 0.25  # untimed running before each block (see interleaved_times)

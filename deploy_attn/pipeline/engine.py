@@ -26,10 +26,10 @@ from ..errors import ArtifactError, ConfigError, DeployAttnError
 from .artifacts import atomic_path, file_sha256, library_versions, write_json
 from .export import INPUT_NAME
 from .onnx_io import load_onnx
-from .precision import PRECISION_METADATA
+from .precision import PRECISION_METADATA, TENSORRT_PRECISIONS
 from .progress import Progress, silent
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = TENSORRT_PRECISIONS  # int8: INT8 + FP16 remainder; int8-fp32: FP32 remainder
 DEFAULT_BATCH_RANGE = (1, 4, 16)  # min, opt, max for dynamic-batch exports
 DEFAULT_WORKSPACE_MIB = 4096
 TIMING_CACHE_FILE = "trt_timing.cache"  # one per engine folder, shared by its builds
@@ -140,9 +140,10 @@ def onnx_input(onnx_path: str | Path) -> tuple[str, int | None, tuple[int, ...]]
 
 def onnx_precision(onnx_path: str | Path) -> str:
     """The precision an ONNX file carries: its PRECISION_METADATA entry when it has one,
-    else read from the graph: 'int8' with Q/DQ nodes, 'fp16' with any float16 tensor
-    (initializer, Cast target or typed value), otherwise 'fp32'."""
-    import onnx
+    else read from the graph: 'int8' with Q/DQ nodes and FP16 tensors, 'int8-fp32' with
+    Q/DQ nodes only, 'fp16' with any float16 tensor (initializer, Cast target or typed
+    value), otherwise 'fp32'."""
+    from .parity import graph_numerics
 
     model = load_onnx(onnx_path, check=False)
     for prop in model.metadata_props:
@@ -153,17 +154,10 @@ def onnx_precision(onnx_path: str | Path) -> str:
                 value = prop.value
             if value in PRECISIONS:
                 return value
-    graph = model.graph
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
-        return "int8"
-    f16 = onnx.TensorProto.FLOAT16
-    typed = [*graph.input, *graph.output, *graph.value_info]
-    if (any(t.data_type == f16 for t in graph.initializer)
-            or any(v.type.tensor_type.elem_type == f16 for v in typed)
-            or any(n.op_type == "Cast" and a.name == "to" and a.i == f16
-                   for n in graph.node for a in n.attribute)):
-        return "fp16"
-    return "fp32"
+    numerics = graph_numerics(onnx_path)
+    if "qdq" in numerics:
+        return "int8" if "fp16" in numerics else "int8-fp32"
+    return "fp16" if "fp16" in numerics else "fp32"
 
 
 def check_onnx_matches(cfg: EngineConfig, onnx_path: str | Path) -> None:
@@ -193,10 +187,24 @@ def profile_shapes(cfg: EngineConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
     return {cfg.input_name: tuple((b,) + cfg.sample_shape for b in cfg.batch_range)}
 
 
-def timing_cache_path(engine_path: str | Path, cfg: EngineConfig) -> Path:
-    """The timing cache a build loads and updates: cfg.timing_cache or one beside the engine."""
-    return cfg.timing_cache if cfg.timing_cache is not None else \
-        Path(engine_path).parent / TIMING_CACHE_FILE
+def timing_cache_path(engine_path: str | Path, cfg: EngineConfig,
+                      tensorrt_version: str | None = None) -> Path:
+    """The timing cache a build loads and updates: cfg.timing_cache, or one beside the
+    engine named after the TensorRT version (a cache is only valid for the exact version
+    that wrote it: a 10.x cache is never fed to an 11.x build in the same folder)."""
+    if cfg.timing_cache is not None:
+        return cfg.timing_cache
+    name = TIMING_CACHE_FILE if tensorrt_version is None else \
+        TIMING_CACHE_FILE.replace(".cache", f"-{tensorrt_version}.cache")
+    return Path(engine_path).parent / name
+
+
+def tensorrt_series(version: str | None) -> int | None:
+    """The major version (10, 11) of a TensorRT version string, or None."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return None
 
 
 def engine_path_for(directory: str | Path, precision: str) -> Path:
@@ -210,17 +218,21 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def trtexec_command(onnx_path: str | Path, engine_path: str | Path,
-                    cfg: EngineConfig) -> list[str]:
-    """The ``trtexec`` command line that builds the same engine as build_engine."""
-    cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped"]
+def trtexec_command(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConfig,
+                    tensorrt_version: str | None = None) -> list[str]:
+    """The ``trtexec`` command line that builds the same engine as build_engine.
+    ``--stronglyTyped`` is what 10.x needs; 11.x networks are always strongly typed (it
+    accepts the flag as a no-op and has no precision flags at all), so it is left out."""
+    cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    if (tensorrt_series(tensorrt_version) or 10) < 11:
+        cmd.append("--stronglyTyped")
     if cfg.dynamic:  # a static ONNX fixes its own shapes; trtexec takes none for it
         shapes = profile_shapes(cfg)
         for i, flag in enumerate(("min", "opt", "max")):
             spec = ",".join(f"{name}:{'x'.join(map(str, s[i]))}" for name, s in shapes.items())
             cmd.append(f"--{flag}Shapes={spec}")
     cmd.append(f"--memPoolSize=workspace:{cfg.workspace_mib}M")
-    cmd.append(f"--timingCacheFile={timing_cache_path(engine_path, cfg)}")
+    cmd.append(f"--timingCacheFile={timing_cache_path(engine_path, cfg, tensorrt_version)}")
     if cfg.optimization_level is not None:
         cmd.append(f"--builderOptimizationLevel={cfg.optimization_level}")
     # deploy: trtexec enables TF32 by default, Polygraphy's CreateConfig does not; FP32
@@ -342,7 +354,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConf
                                         NetworkFromOnnxPath, Profile)
     from polygraphy.exception import PolygraphyException
 
-    cache = timing_cache_path(engine_path, cfg)
+    cache = timing_cache_path(engine_path, cfg, env["tensorrt"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     profile = Profile()
     for name, (lo, opt, hi) in profile_shapes(cfg).items():
@@ -375,12 +387,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, cfg: EngineConf
         "onnx": str(onnx_path),
         "onnx_sha256": file_sha256(onnx_path),
         "precision": cfg.precision,
-        "environment": env,
+        "environment": {**env, "tensorrt_series": tensorrt_series(env["tensorrt"])},
         "gpu_info_from": "torch.cuda (current device)",
         "build": {**asdict(cfg), "timing_cache": str(cache), "strongly_typed": True,
                   "tf32": False, "profile": {k: [list(s) for s in v]
                                              for k, v in profile_shapes(cfg).items()}},
-        "trtexec": shlex.join(trtexec_command(onnx_path, engine_path, cfg)),
+        "trtexec": shlex.join(trtexec_command(onnx_path, engine_path, cfg, env["tensorrt"])),
         "versions": library_versions(),
         "seconds": seconds,
     })

@@ -29,7 +29,7 @@ from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
 from .parity import DEGENERATE, FP32, check_onnx, compare, input_dependence, \
     seeded_inputs, torch_outputs
-from .precision import AUTOCAST_MAX
+from .precision import AUTOCAST_MAX, PRECISIONS
 from .progress import Progress, silent
 from .simplify import simplify_onnx
 
@@ -37,7 +37,6 @@ DEFAULT_ROOT = Path("export")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself is untouched
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # int8-cpu: ONNX Runtime CPU only
 # files an export owns: a new export replaces them all (engines and benchmarks belong to
 # the model they were made from)
 OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json)|report\.json|bench\.json|"
@@ -88,7 +87,7 @@ class ExportConfig:
             raise ConfigError(f"calibration method '{self.calib_method}': choose from "
                               f"{', '.join(CALIB_METHODS)}")
         stages = [p for p in self.precisions if p != "fp32"]
-        if (self.exclude or self.sensitivity) and "int8" not in stages:
+        if (self.exclude or self.sensitivity) and not {"int8", "int8-fp32"} & set(stages):
             raise ConfigError("--exclude and --sensitivity apply to INT8: add --precision int8")
         if self.calib_dir is not None and not stages:
             raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
@@ -161,7 +160,7 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
     shape = card.input_shape
     t0 = time.perf_counter()
     progress(f"build {card.label()} {list(shape)}")
-    stages = [p for p in cfg.precisions if p != "fp32"]
+    stages = sorted({p for p in cfg.precisions if p != "fp32"}, key=PRECISIONS.index)
     checks = _checks(cfg, card) if stages else None  # bad calibration input fails here
     deploy, applied = patch_for_deploy(card.module, approximate=cfg.approximate)
     x = seeded_inputs(shape)
@@ -243,12 +242,21 @@ def _trt_check(path: Path) -> dict:
     return check_trt_support(path).as_dict()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Checks:
-    """What every precision stage of one export shares."""
+    """What every precision stage of one export shares (computed once per run)."""
     calib: CalibData  # calibration inputs
     verify: CalibData  # verification inputs, disjoint from them
     ref: np.ndarray  # the reference model's outputs on verify.inputs
+    ranges: dict[str, float] | None = None  # the FP32 graph's tensor magnitudes on calib
+    qdq: tuple[Path, dict] | None = None  # the FP32-remainder Q/DQ graph and its details
+
+    def tensor_ranges(self, fp32: Path) -> dict[str, float]:
+        from .precision import _name_nodes, tensor_ranges
+
+        if self.ranges is None:
+            self.ranges = tensor_ranges(_name_nodes(load_onnx(fp32)), self.calib.inputs)
+        return self.ranges
 
 
 def _checks(cfg: ExportConfig, card: ModelCard) -> _Checks:
@@ -260,13 +268,51 @@ def _checks(cfg: ExportConfig, card: ModelCard) -> _Checks:
                    torch_outputs(card.module, verify.inputs))
 
 
+def _qdq_fp32(cfg: ExportConfig, checks: _Checks, stage: Path, dst: Path,
+              progress: Progress) -> tuple[Path, dict]:
+    """The INT8 Q/DQ graph with an FP32 remainder (``int8-fp32``), placed and calibrated,
+    with --exclude / --exclude auto / --sensitivity applied; made once per run (the
+    ``int8`` form is derived from it)."""
+    from .parity import TOLERANCES
+    from .precision import auto_exclude, cosine_scorer, int8_sensitivity, quantize_int8
+
+    if checks.qdq is not None:
+        return checks.qdq
+    src, calib, x, ref = stage / MODEL_FILE, checks.calib, checks.verify.inputs, checks.ref
+    tol, auto, details = TOLERANCES["int8"], tuple(cfg.exclude) == ("auto",), {}
+    progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
+    artifact = quantize_int8(src, dst, calib, cfg.calib_method, () if auto else cfg.exclude,
+                             cache_dir=stage)
+    if cfg.sensitivity or auto:
+        scorer = cosine_scorer(ref, x)
+        base = scorer(dst)
+        if cfg.sensitivity or base < tol.min_cosine:
+            progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+            rows = int8_sensitivity(src, dst, scorer, progress, base=base)
+            details["sensitivity"] = rows
+        if auto and base < tol.min_cosine:
+            def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
+                nonlocal artifact
+                artifact = quantize_int8(src, dst, calib, cfg.calib_method, nodes,
+                                         cache_dir=stage)
+                return scorer(dst)
+
+            chosen = auto_exclude(src, dst, rows, scorer, tol.min_cosine, base, confirm=confirm)
+            progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
+    details.update(artifact.details)
+    if details.get("note"):
+        progress(f"int8: note: {details['note']}")
+    checks.qdq = (dst, details)
+    return checks.qdq
+
+
 def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precision: str,
                      stage: Path, report: dict, progress: Progress) -> str | None:
-    """Stage model.<precision>.onnx if it meets its threshold; return a failure message
+    """Stage model.<precision>.onnx if it meets its threshold (verified with the runtime
+    configuration parity.ort_session(verify=True) trusts); return a failure message
     otherwise."""
-    from .parity import TOLERANCES, ort_outputs, ort_session
-    from .precision import (auto_exclude, convert_fp16, cosine_scorer, int8_sensitivity,
-                            quantize_int8)
+    from .parity import TOLERANCES, ort_outputs, ort_session, verification_runtime
+    from .precision import convert_fp16, fp16_remainder
 
     src, staged = stage / MODEL_FILE, stage / artifact_name(precision)
     tol = TOLERANCES[precision]
@@ -275,48 +321,37 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
     details: dict = {}
     if precision == "fp16":
         progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
-        details = convert_fp16(src, staged, calib, cfg.fp16_threshold).details
+        details = convert_fp16(src, staged, calib, cfg.fp16_threshold,
+                               checks.tensor_ranges(src)).details
     elif precision == "int8-cpu":
         from .cpu_int8 import quantize_int8_cpu
 
         progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
         details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage).details
-    else:
-        auto = tuple(cfg.exclude) == ("auto",)
-        progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
-        artifact = quantize_int8(src, staged, calib, cfg.calib_method,
-                                 () if auto else cfg.exclude, cache_dir=stage)
-        if cfg.sensitivity or auto:
-            scorer = cosine_scorer(ref, x)
-            base = scorer(staged)
-            if cfg.sensitivity or base < tol.min_cosine:
-                progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
-                rows = int8_sensitivity(src, staged, scorer, progress, base=base)
-                details["sensitivity"] = rows
-            if auto and base < tol.min_cosine:
-                def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
-                    nonlocal artifact
-                    artifact = quantize_int8(src, staged, calib, cfg.calib_method, nodes,
-                                             cache_dir=stage)
-                    return scorer(staged)
-
-                chosen = auto_exclude(src, staged, rows, scorer, tol.min_cosine, base,
-                                      confirm=confirm)
-                progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
-        details.update(artifact.details)
+    elif precision == "int8-fp32":
+        details = dict(_qdq_fp32(cfg, checks, stage, staged, progress)[1])
+    else:  # int8: INT8 with an FP16 remainder, from the FP32-remainder graph
+        qdq, qdq_details = _qdq_fp32(cfg, checks, stage, stage / "qdq-fp32.onnx", progress)
+        progress("int8: FP16 remainder (the FP16 stage's measured FP32 islands)")
+        remainder = fp16_remainder(qdq, staged, calib, checks.tensor_ranges(src),
+                                   cfg.fp16_threshold)
+        details = {**qdq_details, **remainder.details}
+    runtime = verification_runtime(staged)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
-    result = compare(ort_outputs(ort_session(staged), x), ref, tol, classifier=card.classifier)
+    result = compare(ort_outputs(ort_session(staged, verify=True), x), ref, tol,
+                     classifier=card.classifier)
     overflows = details.get("overflows", [])
     entry = {"file": staged.name, "tolerance": asdict(tol), "results": [result.as_dict()],
-             "ok": result.ok and not overflows, "verification": verify.as_dict(), **details}
+             "ok": result.ok and not overflows, "verification": verify.as_dict(),
+             "runtime": runtime, **details}
     report.setdefault("precisions", {})[precision] = entry
     if overflows:
-        return (f"{card.name}: FP16 graph casts {len(overflows)} tensor(s) beyond the FP16 "
-                f"range to FP16: {', '.join(overflows[:3])}; lower --fp16-threshold "
-                f"(now {cfg.fp16_threshold:g})")
+        return (f"{card.name}: {precision.upper()} graph casts {len(overflows)} tensor(s) "
+                f"beyond the FP16 range to FP16: {', '.join(overflows[:3])}; lower "
+                f"--fp16-threshold (now {cfg.fp16_threshold:g})")
     if not result.ok:
         hint = ""
-        if precision == "int8" and tuple(cfg.exclude) == ("auto",):
+        if precision in ("int8", "int8-fp32") and tuple(cfg.exclude) == ("auto",):
             hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32, "
                     "its cap (a quarter of the quantized nodes)")
         if precision.startswith("int8") and card.generated and card.kind == "backbone":
@@ -474,7 +509,7 @@ def export_adding(directory: Path, add: Sequence[str], progress: Progress = sile
 def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     """Re-check every ONNX artifact of an export against a freshly built reference:
     parity at each precision's tolerance and the TensorRT operator check."""
-    from .parity import TOLERANCES, ort_outputs, ort_session
+    from .parity import TOLERANCES, ort_outputs, ort_session, verification_runtime
 
     exp = open_export(directory)
     card = exp.card()
@@ -482,14 +517,15 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     ref = torch_outputs(card.module, x)
     results = {}
     for precision, file in exp.report.get("files", {}).items():
-        progress(f"{precision}: {file}")
+        progress(f"{precision}: {file} ({verification_runtime(Path(directory) / file)})")
         try:
-            result = compare(ort_outputs(ort_session(Path(directory) / file), x), ref,
-                             TOLERANCES[precision], classifier=card.classifier)
+            result = compare(ort_outputs(ort_session(Path(directory) / file, verify=True), x),
+                             ref, TOLERANCES[precision], classifier=card.classifier)
         except ArtifactError as exc:  # e.g. a file replaced by another model's
             raise ArtifactError(f"{Path(directory) / file} ({exp.name}'s {precision} "
                                 f"artifact): {exc}") from None
         results[precision] = {"file": file, **result.as_dict(),
+                              "runtime": verification_runtime(Path(directory) / file),
                               "trt_check": _trt_check(Path(directory) / file)}
     return results
 

@@ -27,7 +27,7 @@ class Tolerance:
 FP32 = Tolerance()
 FP16 = Tolerance(min_cosine=0.9999)
 INT8 = Tolerance(min_cosine=0.99)
-TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8, "int8-cpu": INT8}
+TOLERANCES = {"fp32": FP32, "fp16": FP16, "int8": INT8, "int8-fp32": INT8, "int8-cpu": INT8}
 
 
 @dataclass(frozen=True)
@@ -114,18 +114,65 @@ def ort_session_options(threads: int | None = None, sequential: bool = False,
     return opts
 
 
+def graph_numerics(path: str | Path) -> set[str]:
+    """What a graph computes in: "fp16" when any tensor is FLOAT16, "qdq" with
+    QuantizeLinear/DequantizeLinear nodes."""
+    import onnx
+
+    from .onnx_io import load_onnx
+
+    model = load_onnx(path, check=False)
+    graph, f16 = model.graph, onnx.TensorProto.FLOAT16
+    found = set()
+    if (any(i.data_type == f16 for i in graph.initializer)
+            or any(v.type.tensor_type.elem_type == f16 for v in (*graph.value_info,
+                                                                  *graph.input, *graph.output))
+            or any(n.op_type == "Cast" and a.name == "to" and a.i == f16
+                   for n in graph.node for a in n.attribute)):
+        found.add("fp16")
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        found.add("qdq")
+    return found
+
+
+# deploy: ONNX Runtime's WeightBiasQuantization (a level-1 "basic" optimizer) turns a Conv
+# bias fed by DQ'd activations and weights into INT32 with scale x_scale * w_scale, and
+# computes bias / scale in the scales' type. With FP16 scales (the INT8 + FP16 form) that
+# quotient overflows FP16 (digits mobilenetv2_ca: 131788 at the stem conv), the bias
+# becomes Inf -> garbage INT32, and the output's cosine drops from 0.999 to 0.76. Sessions
+# on FP16 Q/DQ graphs run without it; verification runs FP16 graphs with no graph
+# optimisation at all (VERIFY_NOTE).
+FP16_QDQ_DISABLED = ("WeightBiasQuantization",)
+VERIFY_NOTE = ("FP16-bearing graph: ONNX Runtime CPU with graph optimisations off (each op "
+               "as the graph states it; ORT's WeightBiasQuantization miscomputes FP16 Q/DQ "
+               "graphs)")
+
+
 def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
-                profile_prefix: str | Path | None = None):
+                profile_prefix: str | Path | None = None, verify: bool = False):
     """A CPU session on ``path`` with ort_session_options; a file ORT cannot load is an
-    ArtifactError."""
+    ArtifactError. ``verify``: the configuration whose numerics the checks trust (no
+    graph optimisation for FP16-bearing graphs, see FP16_QDQ_DISABLED)."""
     import onnxruntime as ort
 
     opts = ort_session_options(threads, sequential, profile_prefix)
+    numerics = graph_numerics(path)
+    disabled = list(FP16_QDQ_DISABLED) if {"fp16", "qdq"} <= numerics else []
+    if verify and "fp16" in numerics:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+
+
+def verification_runtime(path: str | Path) -> str:
+    """How ``ort_session(path, verify=True)`` runs the graph, for the report."""
+    if "fp16" in graph_numerics(path):
+        return VERIFY_NOTE
+    return "ONNX Runtime CPU, all graph optimisations (FP32 and INT8 kernels compute as stated)"
 
 
 def ort_batches(session, x: np.ndarray) -> Iterator[list[np.ndarray]]:

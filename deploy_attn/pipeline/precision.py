@@ -22,6 +22,12 @@ from .calib import CalibData
 from .onnx_io import load_onnx, toposort
 from .parity import compare, ort_batches, ort_outputs, ort_session
 
+# Artifacts, in the order a job makes them: int8-fp32 before int8 (the INT8 + FP16 form is
+# derived from the FP32-remainder graph), int8-cpu last.
+PRECISIONS = ("fp32", "fp16", "int8-fp32", "int8", "int8-cpu")
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8", "int8-fp32")
+INT8_REMAINDER = {"int8": "fp16", "int8-fp32": "fp32"}  # the TensorRT INT8 forms
+FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
 AUTOCAST_MAX = 512.0  # NVIDIA ModelOpt AutoCast: keep a node FP32 above this magnitude
 FP16_MAX = 65504.0
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -158,32 +164,93 @@ def fp16_overflows(model: onnx.ModelProto, ranges: dict[str, float]) -> list[str
     return found
 
 
-def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
-                 threshold: float = AUTOCAST_MAX) -> PrecisionArtifact:
-    """FP16 weights and compute, FP32 graph inputs/outputs, measured FP32 islands behind
-    Casts. The conversion is onnxconverter-common's float16 converter with a node block
-    list (ONNX Runtime's bundled copy of it names inserted Casts after the tensor, and
-    emits duplicates when one tensor feeds two blocked nodes)."""
+def _to_fp16(model: onnx.ModelProto, ranges: dict[str, float], threshold: float,
+             keep: Callable[[onnx.ModelProto, set[str]], set[str]] | None = None
+             ) -> tuple[onnx.ModelProto, dict]:
+    """``model`` in FP16 with FP32 inputs/outputs and measured FP32 islands behind Casts
+    (``keep`` may add nodes to the islands). The conversion is onnxconverter-common's
+    float16 converter with a node block list (ONNX Runtime's bundled copy of it names
+    inserted Casts after the tensor, and emits duplicates when one tensor feeds two
+    blocked nodes)."""
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    model = _name_nodes(load_onnx(src))
-    ranges = tensor_ranges(model, calib.inputs)
     kept = fp32_islands(model, ranges, threshold)
+    block = {k.name for k in kept}
+    if keep is not None:
+        block = keep(model, block)
     fp16 = toposort(convert_float_to_float16(model, keep_io_types=True,
-                                             node_block_list=[k.name for k in kept]))
+                                             node_block_list=sorted(block)))
     round_trips = _drop_cast_round_trips(fp16)
-    _set_metadata(fp16, PRECISION_METADATA, "fp16")
-    if calib.preprocess:
-        _set_metadata(fp16, "deploy_attn.preprocess", calib.preprocess.as_dict())
-    with atomic_path(dst) as tmp:
-        onnx.save(fp16, str(tmp))
-        load_onnx(tmp)
-    casts = sum(n.op_type == "Cast" for n in fp16.graph.node)
-    return PrecisionArtifact(Path(dst), {
+    return fp16, {
         "fp32_kept_nodes": [asdict(k) for k in kept], "threshold": threshold,
-        "casts": casts, "cast_round_trips_removed": round_trips,
-        "overflows": fp16_overflows(fp16, ranges),
-        "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"})
+        "casts": sum(n.op_type == "Cast" for n in fp16.graph.node),
+        "cast_round_trips_removed": round_trips, "overflows": fp16_overflows(fp16, ranges),
+        "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"}
+
+
+def _save(model: onnx.ModelProto, dst: str | Path, precision: str, calib: CalibData) -> None:
+    _set_metadata(model, PRECISION_METADATA, precision)
+    if calib.preprocess:
+        _set_metadata(model, "deploy_attn.preprocess", calib.preprocess.as_dict())
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+        load_onnx(tmp)
+
+
+def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
+                 threshold: float = AUTOCAST_MAX,
+                 ranges: dict[str, float] | None = None) -> PrecisionArtifact:
+    """FP16 weights and compute, FP32 graph inputs/outputs, measured FP32 islands behind
+    Casts (``ranges``: the FP32 graph's tensor magnitudes on ``calib``, measured here when
+    not given)."""
+    model = _name_nodes(load_onnx(src))
+    ranges = ranges if ranges is not None else tensor_ranges(model, calib.inputs)
+    fp16, details = _to_fp16(model, ranges, threshold)
+    _save(fp16, dst, "fp16", calib)
+    return PrecisionArtifact(Path(dst), details)
+
+
+def _qdq_follows_consumers(model: onnx.ModelProto, block: set[str]) -> set[str]:
+    """The FP32 islands plus the DequantizeLinear nodes that feed only island nodes and
+    the QuantizeLinear nodes that feed only those: a quantized input of an FP32 node
+    stays an FP32 Q/DQ pair, with no Cast between the DQ and its consumer (TensorRT fuses
+    a DQ only into the op that reads it directly)."""
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    block = set(block)
+    for op in ("DequantizeLinear", "QuantizeLinear"):
+        for n in model.graph.node:
+            users = consumers.get(n.output[0], [])
+            if n.op_type == op and users and all(u in block for u in users):
+                block.add(n.name)
+    return block
+
+
+def fp16_remainder(qdq: str | Path, dst: str | Path, calib: CalibData,
+                   ranges: dict[str, float], threshold: float = AUTOCAST_MAX
+                   ) -> PrecisionArtifact:
+    """The INT8 form TensorRT users build: the Q/DQ graph ``qdq`` (FP32 remainder) with
+    everything it does not quantize in FP16, by the FP16 stage's rule (``ranges``
+    measured on the FP32 graph, whose node and tensor names it shares; the same islands
+    and overflow check). Q/DQ scales become FP16, so DequantizeLinear outputs FP16 into
+    the ops TensorRT fuses it with; that needs opset 19, which the graph is converted to
+    when older."""
+    from onnx import version_converter
+
+    source = load_onnx(qdq)
+    opset = next((o.version for o in source.opset_import if o.domain in ("", "ai.onnx")), 0)
+    model = version_converter.convert_version(source, FP16_QDQ_OPSET) \
+        if opset < FP16_QDQ_OPSET else source
+    fp16, details = _to_fp16(model, ranges, threshold, keep=_qdq_follows_consumers)
+    have = {prop.key for prop in fp16.metadata_props}
+    for prop in source.metadata_props:  # the calibration record and the quantizer's own
+        if prop.key != PRECISION_METADATA and prop.key not in have:
+            fp16.metadata_props.add(key=prop.key, value=prop.value)
+    _save(fp16, dst, "int8", calib)
+    details.update(remainder="fp16", opset=max(opset, FP16_QDQ_OPSET))
+    return PrecisionArtifact(Path(dst), details)
 
 
 # --- INT8 ----------------------------------------------------------------------------
@@ -197,8 +264,11 @@ class _Reader:
         return next(self._items, None)
 
 
-def _quantizable(model: onnx.ModelProto) -> list[str]:
-    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """The Conv/ConvTranspose/Gemm/MatMul nodes of a Q/DQ graph that read a DQ output."""
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type in QUANTIZED_OPS and any(i in dq for i in n.input)]
 
 
 ENTROPY_BINS, ENTROPY_LEVELS = 2048, 128  # TensorRT's histogram of |x|, 7 bits + sign
@@ -263,12 +333,14 @@ def _entropy_ranges(src: Path, reader: _Reader, op_types: Sequence[str] | None,
 def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method: str, *,
                precision: str, activation_type: str, op_types: Sequence[str] | None,
                exclude: Sequence[str], extra_options: dict, reduce_range: bool = False,
+               include: Sequence[str] | None = None,
                cache_dir: str | Path | None = None,
                metadata: dict | None = None) -> onnx.ModelProto:
     """ONNX Runtime's ``quantize_static`` in QDQ format with per-channel INT8 weights on
     ``model`` (nodes named), calibrated on ``calib`` by ``method`` (entropy by
     _entropy_ranges), written atomically to ``dst`` with ``precision`` and the calibration
-    in its metadata (plus ``metadata``). ``activation_type`` is "int8" or "uint8"; the calibration cache
+    in its metadata (plus ``metadata``); ``include`` limits quantization to those nodes.
+    ``activation_type`` is "int8" or "uint8"; the calibration cache
     (per precision and method) is kept in ``cache_dir`` for re-quantizing with other
     exclusions. Returns the quantized model."""
     import logging
@@ -295,6 +367,7 @@ def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method
                 activation_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation_type],
                 reduce_range=reduce_range, op_types_to_quantize=list(op_types) if op_types else None,
                 nodes_to_exclude=list(exclude),
+                nodes_to_quantize=list(include) if include else None,
                 calibrate_method={"minmax": CalibrationMethod.MinMax,
                                   "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[method],
@@ -313,25 +386,19 @@ def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method
     return q
 
 
-def _residual_adds(model: onnx.ModelProto) -> int:
-    """Skip Adds whose residual input comes through a Q/DQ pair while the other comes from
-    a conv: the placement NVIDIA recommends so TensorRT fuses the Add into the conv.
-    (ONNX Runtime's QDQ quantizer feeds every consumer of a quantized tensor from its
-    DequantizeLinear, which gives this placement without graph edits.)"""
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    return sum(1 for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2
-               and sorted(producers.get(i, "") for i in n.input)[0] in QUANTIZED_OPS
-               and "DequantizeLinear" in (producers.get(i) for i in n.input))
-
-
 def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: str = "minmax",
                   exclude: Sequence[str] = (), cache_dir: str | Path | None = None
                   ) -> PrecisionArtifact:
     """Explicit Q/DQ INT8 in the form TensorRT accepts (ONNX Runtime's quantize_static,
-    QDQ format, symmetric, per-channel weights), calibrated on ``calib``."""
+    QDQ format, symmetric, per-channel weights), calibrated on ``calib``, placed by
+    NVIDIA's rules (placement.py), with an FP32 remainder (``int8-fp32``; fp16_remainder
+    makes the ``int8`` form from it)."""
+    from .placement import finish_placement, int8_placement
+
     src = Path(src)
     model = _name_nodes(load_onnx(src))
-    targets = _quantizable(model)
+    placement = int8_placement(model)
+    targets = placement.candidates
     if not targets:
         raise ConfigError(f"{src}: no {'/'.join(QUANTIZED_OPS)} nodes to quantize, so an INT8 "
                           "graph would be the FP32 graph; use fp32 or fp16 for this model")
@@ -339,28 +406,47 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
     if unknown:
         raise ConfigError(f"--exclude: {', '.join(unknown)} not among the quantizable nodes "
                           f"({', '.join(targets[:6])}{', ...' if len(targets) > 6 else ''})")
-    q = static_qdq(
-        model, dst, calib, method, precision="int8", activation_type="int8",
-        op_types=QUANTIZED_OPS, exclude=exclude, cache_dir=cache_dir,
-        extra_options={
-            # deploy: TensorRT takes symmetric INT8 only (zero point 0), per-tensor
-            # activations and per-channel weights; Conv/Gemm/MatMul outputs stay float so
-            # they fuse with what follows; biases stay float (TensorRT quantizes them).
-            "ActivationSymmetric": True, "WeightSymmetric": True,
-            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
-            "QuantizeBias": False,
-            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
-        })
-    residual = _residual_adds(q)
+    chosen = placement.quantized(exclude)
+    if not chosen:
+        placement.residual = {}
+    adds = list(placement.residual)
+    note = ""
+    if chosen:
+        q = static_qdq(
+            model, dst, calib, method, precision="int8-fp32", activation_type="int8",
+            op_types=QUANTIZED_OPS + ("Add",), exclude=(), include=chosen + adds,
+            cache_dir=cache_dir,
+            extra_options={
+                # deploy: TensorRT takes symmetric INT8 only (zero point 0), per-tensor
+                # activations and per-channel weights; Conv/Gemm/MatMul and Add outputs
+                # stay float so they fuse with what follows; biases stay float (TensorRT
+                # quantizes them).
+                "ActivationSymmetric": True, "WeightSymmetric": True,
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS) + ["Add"],
+                "QuantizeBias": False,
+                "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
+            })
+        residual = finish_placement(q, placement, chosen)
+        with atomic_path(dst) as tmp:
+            onnx.save(q, str(tmp))
+            load_onnx(tmp)
+    else:  # every candidate is a layer TensorRT runs faster unquantized
+        q, residual = model, 0
+        note = ("no node meets the INT8 placement rules: the graph has no Q/DQ, and "
+                "TensorRT runs these layers in FP16/FP32")
+        _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
+        _save(q, dst, "int8-fp32", calib)
     ops = [n.op_type for n in q.graph.node]
     return PrecisionArtifact(Path(dst), {
         "method": method, "calibration": calib.as_dict(),
-        "quantized_nodes": len(targets) - len(exclude), "excluded_nodes": list(exclude),
+        "quantized_nodes": len(chosen), "candidate_nodes": len(targets),
+        "excluded_nodes": list(exclude), "placement": placement.as_dict(),
         "quantize_linear": ops.count("QuantizeLinear"),
         "dequantize_linear": ops.count("DequantizeLinear"),
-        "residual_adds_quantized": residual,
+        "residual_adds_quantized": residual, **({"note": note} if note else {}),
         "scheme": "QDQ, symmetric INT8, per-tensor activations, per-channel weights, "
-                  "inputs of Conv/ConvTranspose/Gemm/MatMul; gates unquantized"})
+                  "inputs of Conv/ConvTranspose/Gemm/MatMul and the residual input of skip "
+                  "Adds, placed by NVIDIA's rules; gates unquantized"})
 
 
 def leave_fp32(int8: onnx.ModelProto, fp32: onnx.ModelProto,
@@ -392,7 +478,7 @@ def int8_sensitivity(src: str | Path, int8: str | Path, score: Callable[[Path], 
     (scored here when not given); most sensitive first."""
     fp32 = _name_nodes(load_onnx(src))
     q = load_onnx(int8)
-    targets = [n for n in _quantizable(fp32) if n in {m.name for m in q.graph.node}]
+    targets = quantized_nodes(q)
     base = score(Path(int8)) if base is None else base
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

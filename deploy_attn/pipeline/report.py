@@ -181,7 +181,8 @@ def precision_rows(rec: ModelRecord) -> list[list[str]]:
         rows.append([f"{precision} engine", "pass" if p.get("ok") else "FAIL", "",
                      _fmt(p.get("max_abs")), _fmt(p.get("cosine"), ".6f"),
                      _fmt(p.get("top1_agreement"), ".3f"), "-",
-                     f"TensorRT {env.get('tensorrt', '?')} on {env.get('gpu', '?')}",
+                     f"TensorRT {env.get('tensorrt', '?')} ({_series(env)} series) on "
+                     f"{env.get('gpu', '?')}",
                      f"{eng.get('file')}: {_size(rec.directory / eng.get('file', ''))}"])
     return rows
 
@@ -201,6 +202,13 @@ def source_line(report: dict) -> str:
     generated = "the caller's module" if source.get("kind") == "object" else \
         f"generated weights (seed {source.get('seed', 0)})"
     return f"{what}, {generated}"
+
+
+def _series(env: dict) -> str:
+    from .engine import tensorrt_series
+
+    series = env.get("tensorrt_series") or tensorrt_series(env.get("tensorrt"))
+    return f"{series}.x" if series else "unknown"
 
 
 PRECISION_HEADER = ["precision", "parity", "threshold", "max abs", "cosine", "top-1",
@@ -306,11 +314,12 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
                          "x".join(map(str, r.report.get("input_shape", []))),
                          str(nodes.get("total_after", "?")),
                          _fmt(worst_result(entries.get("fp32", {}).get("results", [])).get("max_abs")),
-                         _fmt(cos.get("fp16"), ".5f"), _fmt(cos.get("int8"), ".5f"),
+                         _fmt(cos.get("fp16"), ".5f"),
+                         _fmt(cos.get("int8", cos.get("int8-fp32")), ".5f"),
                          best or "not benchmarked"])
     blocks += [Heading("Overview"),
                Table(["model", "kind", "input", "nodes", "FP32 max abs", "FP16 cosine",
-                      "INT8 cosine", "fastest backend"], overview)]
+                      "INT8 cosine (FP16 remainder, else FP32)", "fastest backend"], overview)]
     plots = [("latency.png", "Latency by backend", latency_plot(records)),
              ("parity.png", "Parity error by module", parity_plot(records))]
     blocks += [Plot(f, alt, png) for f, alt, png in plots if png]
