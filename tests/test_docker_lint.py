@@ -38,16 +38,30 @@ def test_build_script_is_valid_bash():
     assert os.access(SCRIPT, os.X_OK), "docker/build_engines.sh must be executable"
 
 
-def test_dockerfile_pins_a_tensorrt_10_image():
+def test_dockerfile_has_a_tensorrt_11_and_a_10_target():
+    """One Dockerfile, its base image an argument: TensorRT 11 by default (the current
+    series), and compose's engines-trt10 on a 10.x tag; each tag's TensorRT version is
+    named beside it and checked in the build (TRT_SERIES)."""
     text = (DOCKER / "Dockerfile").read_text()
-    base = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(base) == 1 and re.fullmatch(r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3", base[0])
-    assert re.search(r"^#.*TensorRT 10\.\d+\.\d+", text, re.M), "name the tag's TensorRT version"
-    assert re.search(r"^ARG TRT_SERIES=10\.\d+$", text, re.M)
+    default = re.search(r"^ARG BASE_IMAGE=(nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3)$", text, re.M)
+    assert default and re.findall(r"^FROM\s+(\S+)", text, re.M) == ["${BASE_IMAGE}"]
+    assert re.search(r"^ARG TRT_SERIES=11\.\d+$", text, re.M)
+    for series in ("11", "10"):
+        assert re.search(rf"^#.*TensorRT {series}\.\d+\.\d+", text, re.M), f"name the {series}.x tag"
     assert 'ENTRYPOINT ["deploy-attn"]' in text
     assert re.search(r"^WORKDIR /work$", text, re.M)
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed "
+                                              "(python3 -m pip install pyyaml)")
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    args = {name: s["build"]["args"] for name, s in services.items()}
+    assert args["engines"]["BASE_IMAGE"] == default[1]
+    assert args["engines"]["TRT_SERIES"].startswith("11.")
+    assert args["engines-trt10"]["TRT_SERIES"].startswith("10.")
+    for name, a in args.items():  # the comment beside each tag in the Dockerfile agrees
+        tag = a["BASE_IMAGE"].split(":")[1].removesuffix("-py3")
+        assert re.search(rf"TensorRT {tag} = TensorRT {re.escape(a['TRT_SERIES'])}\.\d+", text), name
 
 
 def test_gpu_extra_has_one_onnxruntime():
@@ -59,11 +73,12 @@ def test_gpu_extra_has_one_onnxruntime():
     assert not any(d.startswith("onnxruntime") for d in project["dependencies"])
 
 
-def test_compose_service():
+@pytest.mark.parametrize("name", ["engines", "engines-trt10"])
+def test_compose_service(name):
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed "
                                               "(python3 -m pip install pyyaml)")
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    service = compose["services"]["engines"]
+    service = compose["services"][name]
     build = service["build"]
     assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKER / "Dockerfile"
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
@@ -133,6 +148,19 @@ def test_build_script_defaults_and_success(fake_repo):
     assert log.read_text().splitlines()[1:] == [
         "compose -f docker/compose.yaml run --rm engines build mobilenetv2_ca --precision int8"]
     assert "1 ok, 0 failed" in proc.stdout
+
+
+def test_build_script_picks_the_tensorrt_10_image(fake_repo):
+    repo, env, log = fake_repo
+    proc = subprocess.run(["bash", "docker/build_engines.sh", "--trt", "10", "se", "int8-fp32"],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().splitlines() == [
+        "compose -f docker/compose.yaml build engines-trt10",
+        "compose -f docker/compose.yaml run --rm engines-trt10 build se --precision int8-fp32"]
+    bad = subprocess.run(["bash", "docker/build_engines.sh", "--trt", "9"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--trt takes 11 or 10" in bad.stderr
 
 
 def test_build_script_rejects_unknown_options(fake_repo):
