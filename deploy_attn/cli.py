@@ -285,6 +285,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    from .pipeline.accuracy import evaluate
+
+    directory = export_directory(args.target, args.output)
+    result = evaluate(directory, args.dataset, args.precisions, args.max_drop, args.batch,
+                      args.ignore_index, progress=True)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+    if not args.json:
+        print(f"wrote {directory / 'accuracy.json'} ({result.dataset['images']} images, "
+              f"{result.seconds:.0f} s)")
+    if result.failed:
+        worst = max(result.failed, key=lambda f: f["drop"] - f["max_drop"])
+        raise DeployAttnError(
+            f"{len(result.failed)} form(s) drop more than allowed: {worst['form']} by "
+            f"{worst['drop']:.2f} points (max {worst['max_drop']:g})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .pipeline.report import write_report
 
@@ -401,6 +419,31 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--save", action="store_true", help="write export/NAME/bench.json for the report")
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(func=cmd_bench)
+
+    from .pipeline.accuracy import MAX_DROP
+
+    ac = sub.add_parser("accuracy", help="task accuracy of every artifact on labelled images",
+                        description="Top-1/top-5 (classification) or pixel accuracy and mIoU "
+                        "(segmentation) of the PyTorch reference and every artifact of an "
+                        "export, with each one's drop against PyTorch and its 95%% interval "
+                        "(paired bootstrap; McNemar's exact test for classification).")
+    ac.add_argument("target", help="an export directory, or a registry name (export/NAME)")
+    ac.add_argument("--dataset", type=Path, required=True,
+                    help="ImageFolder (one subfolder per class, sorted), a folder with "
+                         "labels.csv (file,label), or images/ + masks/ for segmentation")
+    ac.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
+    ac.add_argument("--precisions", type=_csv, metavar="P[,P]",
+                    help="artifacts to evaluate (default: all the export has)")
+    ac.add_argument("--max-drop", type=_positive_float, metavar="POINTS",
+                    help="fail when a form drops more than this against PyTorch (default: "
+                         + ", ".join(f"{p} {v:g}" for p, v in MAX_DROP.items()) + " points)")
+    ac.add_argument("--batch", type=POSITIVE, default=32,
+                    help="batch size for dynamic-batch exports (static ones run one image "
+                         "at a time; default 32)")
+    ac.add_argument("--ignore-index", type=int, metavar="I",
+                    help="segmentation: the mask value of void pixels, left out")
+    ac.add_argument("--json", action="store_true", help="print the result as JSON")
+    ac.set_defaults(func=cmd_accuracy)
 
     rp = sub.add_parser("report", help="report.md + report.html (plots embedded) of the exports")
     rp.add_argument("names", nargs="*", help="models to include")

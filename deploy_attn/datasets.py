@@ -1,5 +1,6 @@
-"""Small labelled image sets for accuracy checks, written as image folders that the
-calibration loader (``pipeline.calib.image_folder``) reads like any user's folder."""
+"""scikit-learn's handwritten digits as labelled image folders (a dataset that ships
+inside a package: no download), in the layouts ``deploy-attn accuracy`` and
+``--calib-dir`` read, and a small trainer for the checks that need trained weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,24 +9,29 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .pipeline.calib import Preprocess, image_folder
+from .pipeline.calib import Preprocess
 
 DIGITS_MAX = 16  # scikit-learn's digits are 8x8 with values 0..16
+STROKE = 0.5  # pixel value in [0, 1] above which a digit pixel is stroke (segmentation)
 
 
 @dataclass(frozen=True)
-class LabelledImages:
-    folder: Path  # one PNG per sample, named <index>_<label>.png so name order is sample order
-    inputs: np.ndarray  # [N, C, H, W] float32: the folder as the pipeline preprocesses it
-    labels: np.ndarray  # [N] int64
+class DigitsSplit:
+    """One split, written twice: as an ImageFolder (``folder/<digit>/<i>.png``) for
+    classification and as ``seg/images`` + ``seg/masks`` for segmentation (mask: 0 on the
+    background, 1 + the digit on its stroke pixels)."""
+
+    folder: Path
+    seg: Path
+    classes: int = 10
+    seg_classes: int = 11
 
 
 def digits(root: str | Path, pre: Preprocess, test_size: float = 0.3,
-           seed: int = 0) -> dict[str, LabelledImages]:
-    """scikit-learn's handwritten digits (1797 images, 10 classes) upsampled bilinearly to
-    ``pre.size`` as 8-bit grayscale PNGs, split stratified and seeded into ``root/train``
-    and ``root/test``. ``inputs`` are read back through ``image_folder``, so a model
-    trained on them sees exactly what calibration and evaluation feed it."""
+           seed: int = 0) -> dict[str, DigitsSplit]:
+    """The 1797 digits upsampled bilinearly to ``pre.size`` as 8-bit grayscale PNGs, split
+    stratified and seeded into ``root/train`` and ``root/test`` (and ``root/seg-train``,
+    ``root/seg-test``)."""
     from PIL import Image
     try:
         from sklearn.datasets import load_digits
@@ -38,23 +44,89 @@ def digits(root: str | Path, pre: Preprocess, test_size: float = 0.3,
         raise ConfigError(f"the digits are grayscale; the model takes {pre.channels}-channel input")
     data = load_digits()
     height, width = pre.size
-    # upsampled with the filter the calibration loader resizes with, then stored as 8 bits
+    # upsampled with the filter the image loader resizes with, then stored as 8 bits
     upsampled = np.stack([np.asarray(Image.fromarray(img.astype(np.float32) * (255 / DIGITS_MAX))
                                      .resize((width, height), Image.BILINEAR))
                           for img in data.images])
     pixels = np.clip(np.rint(upsampled), 0, 255).astype(np.uint8)
-    order = np.arange(len(pixels))
-    train, test = train_test_split(order, test_size=test_size, random_state=seed,
-                                   stratify=data.target)
+    train, test = train_test_split(np.arange(len(pixels)), test_size=test_size,
+                                   random_state=seed, stratify=data.target)
     splits = {}
     for split, idx in (("train", train), ("test", test)):
-        folder = Path(root) / split
-        folder.mkdir(parents=True, exist_ok=True)
-        if any(folder.iterdir()):  # stale files would be read back with the new ones
-            raise ConfigError(f"{folder}: not empty; write the digits to a fresh folder")
+        folder, seg = Path(root) / split, Path(root) / f"seg-{split}"
+        for d in (folder, seg):
+            if d.exists() and any(d.iterdir()):  # stale files would be read with the new
+                raise ConfigError(f"{d}: not empty; write the digits to a fresh folder")
         places = len(str(len(idx)))
         for i, k in enumerate(idx):
-            Image.fromarray(pixels[k]).save(folder / f"{i:0{places}d}_{data.target[k]}.png")
-        splits[split] = LabelledImages(folder, image_folder(folder, pre, len(idx)).inputs,
-                                       data.target[idx].astype(np.int64))
+            label, name = int(data.target[k]), f"{i:0{places}d}.png"
+            (folder / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[k]).save(folder / str(label) / name)
+            for sub in ("images", "masks"):
+                (seg / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[k]).save(seg / "images" / name)
+            mask = np.where(pixels[k] > STROKE * 255, label + 1, 0).astype(np.uint8)
+            Image.fromarray(mask).save(seg / "masks" / name)
+        splits[split] = DigitsSplit(folder, seg)
     return splits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 0.05
+    optimizer: str = "sgd"  # SGD (Nesterov) or AdamW, both with a one-cycle schedule
+    batch: int = 32
+    label_smoothing: float = 0.1
+    seed: int = 0
+
+
+def train(model, inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig = TrainConfig()):
+    """Train ``model`` (classifier: targets [N]; segmentation: [N, H, W]) with cross
+    entropy, seeded, then re-estimate BatchNorm statistics over the whole training set (a
+    cumulative mean, so eval mode matches the trained weights). Returns the model, in
+    eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = torch.from_numpy(inputs), torch.from_numpy(np.asarray(targets, np.int64))
+    model.to(memory_format=torch.channels_last)  # ~30% faster on CPU; 1-channel x is both
+    steps = max(1, len(x) // cfg.batch)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps,
+                                                pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(steps):
+            idx = order[i * cfg.batch:(i + 1) * cfg.batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    _precise_bn(model, x)
+    model.to(memory_format=torch.contiguous_format)
+    return model.eval()
+
+
+def _precise_bn(model, x, batch: int = 256) -> None:
+    import torch
+    import torch.nn as nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+        for bn in bns:
+            bn.momentum = 0.1
+    model.eval()

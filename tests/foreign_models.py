@@ -282,3 +282,16 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             else:
                 t.copy_(torch.randn(t.shape, generator=gen) * (0.5 / max(1, t[0].numel()) ** 0.5))
     return model.eval()
+
+
+class TinySegmenter(nn.Module):
+    """Per-pixel class logits at the input's size (a user's segmentation model)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))

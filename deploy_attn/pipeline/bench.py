@@ -283,39 +283,13 @@ def settings_line(result: dict) -> str:
 
 
 # --- progress -------------------------------------------------------------------------
-class ProgressBar:
-    """A one-line text bar on stderr, redrawn at most every 0.1 s (new lines when stderr
-    is not a terminal, at most one per 10 %)."""
+def progress_bar(total: int, label: str, stream=None):
+    """The bar every long command draws (tqdm on stderr): ``update(1)`` per step,
+    ``set_postfix_str(note)`` for what runs now."""
+    from tqdm import tqdm
 
-    def __init__(self, total: int, label: str, stream=None, width: int = 30) -> None:
-        self.total, self.label, self.width = max(total, 1), label, width
-        self.stream = stream or sys.stderr
-        self.done = 0
-        self._last = 0.0
-        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._decile = -1
-
-    def step(self, note: str = "") -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self._tty and (now - self._last >= 0.1 or self.done == self.total):
-            self._last = now
-            self.stream.write("\r" + self._line(note) + "\x1b[K")
-            self.stream.flush()
-        elif not self._tty and self.done * 10 // self.total > self._decile:
-            self._decile = self.done * 10 // self.total
-            self.stream.write(self._line(note) + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _line(self, note: str) -> str:
-        filled = self.width * self.done // self.total
-        return (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{self.done}/{self.total} {note}")
+    return tqdm(total=max(total, 1), desc=label, file=stream or sys.stderr, unit="run",
+                dynamic_ncols=True, mininterval=0.1)
 
 
 # --- the stage ------------------------------------------------------------------------
@@ -494,9 +468,14 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
                 r.reason = str(exc)
         bar = None
         if runners and progress:
-            bar = ProgressBar(len(runners) * (runs + warmup), f"bench {name}")
+            bar = progress_bar(len(runners) * (runs + warmup), f"bench {name}")
+
+        def step(note: str) -> None:
+            bar.set_postfix_str(note, refresh=False)
+            bar.update(1)
+
         try:
-            times = interleaved_times(runners, runs, warmup, bar.step if bar else None)
+            times = interleaved_times(runners, runs, warmup, step if bar else None)
         finally:
             if bar:
                 bar.close()

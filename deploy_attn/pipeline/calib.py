@@ -73,23 +73,43 @@ def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
     return (arr - mean) / std
 
 
-def _images(folder: Path) -> list[Path]:
+def image_classes(folder: Path) -> dict[str, list[Path]]:
+    """The images of a folder, by class: its top level (class ""), and one subfolder per
+    class as in torchvision's ImageFolder layout (``train/<class>/*.png``)."""
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: calibration folder does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ArtifactError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate with")
-    return files
+
+    def images(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    groups = {"": images(folder)}
+    groups.update({d.name: images(d) for d in sorted(folder.iterdir()) if d.is_dir()})
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        raise ArtifactError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate with "
+                            "(at its top level or in class subfolders)")
+    return groups
 
 
-def _split(files: list[Path], count: int) -> tuple[list[Path], list[Path]]:
-    """Calibration files spread evenly over the sorted folder (a folder sorted by class
-    would otherwise calibrate on its first classes only), and the rest."""
-    if count >= len(files):
-        return files, []
-    picked = set(np.linspace(0, len(files) - 1, count).round().astype(int).tolist())
-    return ([f for i, f in enumerate(files) if i in picked],
-            [f for i, f in enumerate(files) if i not in picked])
+def _spread(groups: dict[str, list[Path]], count: int
+            ) -> tuple[list[Path], dict[str, list[Path]]]:
+    """``count`` files spread evenly over the classes and, within each, over its sorted
+    names (a folder sorted by class would otherwise calibrate on its first classes only),
+    and the rest, by class."""
+    quota = dict.fromkeys(groups, 0)
+    left = count
+    while left > 0 and any(quota[k] < len(v) for k, v in groups.items()):
+        for k, v in groups.items():
+            if left and quota[k] < len(v):
+                quota[k] += 1
+                left -= 1
+    picked, rest = [], {}
+    for k, files in groups.items():
+        chosen = set(np.linspace(0, len(files) - 1, quota[k]).round().astype(int).tolist()) \
+            if quota[k] else set()
+        picked += [f for i, f in enumerate(files) if i in chosen]
+        rest[k] = [f for i, f in enumerate(files) if i not in chosen]
+    return picked, {k: v for k, v in rest.items() if v}
 
 
 def _load(files: list[Path], pre: Preprocess, what: str, folder: Path) -> CalibData:
@@ -98,9 +118,10 @@ def _load(files: list[Path], pre: Preprocess, what: str, folder: Path) -> CalibD
 
 
 def image_folder(folder: str | Path, pre: Preprocess, count: int) -> CalibData:
-    """``count`` images from ``folder`` (spread over its sorted names), preprocessed."""
+    """``count`` images from ``folder`` (spread over its classes and sorted names),
+    preprocessed."""
     folder = Path(folder)
-    return _load(_split(_images(folder), count)[0], pre, "calibration", folder)
+    return _load(_spread(image_classes(folder), count)[0], pre, "calibration", folder)
 
 
 def verification_data(pre: Preprocess | None, shape: tuple[int, ...],
@@ -109,10 +130,9 @@ def verification_data(pre: Preprocess | None, shape: tuple[int, ...],
     did not use (real data in the range calibration saw), else the seeded set, which is
     disjoint from the generated calibration set."""
     if calib_dir is not None and pre is not None:
-        held_out = _split(_images(Path(calib_dir)), calib_count)[1]
+        held_out = _spread(image_classes(Path(calib_dir)), calib_count)[1]
         if held_out:
-            step = max(1, len(held_out) // count)
-            return _load(held_out[::step][:count], pre, "held out from calibration",
+            return _load(_spread(held_out, count)[0], pre, "held out from calibration",
                          Path(calib_dir))
     return CalibData(seeded_inputs((count,) + tuple(shape[1:])),
                      "generated: seeded standard normal (seed 1234), not real data", pre)

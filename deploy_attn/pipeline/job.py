@@ -40,6 +40,7 @@ FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself
 # files an export owns: a new export replaces them all (engines and benchmarks belong to
 # the model they were made from)
 OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json)|report\.json|bench\.json|"
+                   r"accuracy\.json|"
                    rf"{re.escape(FAILED_REPORT)}|{re.escape(REFERENCE_STATE)})$")
 
 

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from ..errors import ArtifactError, ConfigError
 from .artifacts import atomic_path
+from .accuracy import ACCURACY_FILE
 from .bench import BENCH_FILE, environment, latency_table, settings_line
 from .job import PRECISIONS, REPORT_FILE, read_report
 from .parity import FP16, FP32, INT8
@@ -77,6 +80,7 @@ class ModelRecord:
     directory: Path
     report: dict
     bench: dict | None
+    accuracy: dict | None = None  # accuracy.json, written by `deploy-attn accuracy`
 
 
 def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[ModelRecord]:
@@ -90,10 +94,12 @@ def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[M
     for name in chosen:
         # an export directory given as such, else a folder under the root
         directory = Path(name) if (Path(name) / REPORT_FILE).is_file() else root / name
-        bench_path = directory / BENCH_FILE
+        bench_path, accuracy_path = directory / BENCH_FILE, directory / ACCURACY_FILE
         report = read_report(directory)
         records.append(ModelRecord(report["name"], directory, report,
-                                   _read_json(bench_path) if bench_path.is_file() else None))
+                                   _read_json(bench_path) if bench_path.is_file() else None,
+                                   _read_json(accuracy_path) if accuracy_path.is_file()
+                                   else None))
     return records
 
 
@@ -294,6 +300,53 @@ def parity_plot(records: list[ModelRecord]) -> bytes | None:
     return _png(fig)
 
 
+def accuracy_blocks(rec: ModelRecord) -> list[Block]:
+    """The accuracy section of one model: its table and a plot of the metric per form
+    with the 95 % interval of its drop against PyTorch."""
+    from matplotlib.figure import Figure
+
+    acc = rec.accuracy
+    data = acc["dataset"]
+    metric = "top1" if data["kind"] == "classification" else "miou"
+    label = "top-1 accuracy %" if metric == "top1" else "mIoU %"
+    rows, names, values, errs = [], [], [], []
+    for f in acc["forms"]:
+        if f["status"] != "ok":
+            rows.append([f["form"], "skipped", "", "", "", f.get("reason", "")])
+            continue
+        value = f["metrics"][metric]
+        names.append(f["form"])
+        values.append(value)
+        if f["form"] == "pytorch":
+            rows.append([f["form"], f"{value:.2f}", "-", "-", "-", "reference"])
+            errs.append((0.0, 0.0))
+            continue
+        lo, hi = f["drop_ci95"]
+        errs.append((max(0.0, f["drop"] - lo), max(0.0, hi - f["drop"])))
+        worst = ", ".join(f"{w['class']} (-{w['drop']:.1f})" for w in f["worst_classes"]) or "-"
+        rows.append([f["form"], f"{value:.2f}", f"{f['agreement']:.2f}",
+                     f"{f['drop']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+                     "pass" if f["ok"] else "FAIL", worst])
+    fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.5))
+    ax = fig.subplots()
+    ax.bar(range(len(names)), values, yerr=np.array(errs).T if errs else None, capsize=4,
+           color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+    ax.set_xticks(range(len(names)), names)
+    low = min(values) if values else 0
+    ax.set_ylim(max(0.0, low - 5), min(100.0, max(values or [100]) + 2))
+    ax.set_ylabel(label)
+    ax.set_title(f"{rec.name}: {label} on {data['images']} images (whiskers: 95% CI of the "
+                 "drop)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return [Heading("Accuracy", 3),
+            Para(f"{data['kind']} on {data['path']} ({data['layout']}, {data['images']} "
+                 f"images, {data['classes']} classes); drop in points against PyTorch with a "
+                 "paired bootstrap 95 % interval."),
+            Table(["form", label, "agrees with PyTorch %", "drop [95% CI]", "check",
+                   "losses by class"], rows),
+            Plot(f"accuracy-{rec.name}.png", f"Accuracy of {rec.name}", _png(fig))]
+
+
 # --- the report --------------------------------------------------------------------------
 def build_blocks(records: list[ModelRecord]) -> list[Block]:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -339,6 +392,8 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
                        Table(*latency_table(r.bench))]
         else:
             blocks.append(Para(f"No latency: run 'deploy-attn bench {r.name} --save' to add it."))
+        if r.accuracy:
+            blocks += accuracy_blocks(r)
     env = environment()
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     blocks += [Heading("Environment"),

@@ -1,0 +1,436 @@
+"""Stage: an export directory + the user's labelled images -> task accuracy of the
+PyTorch reference and of every artifact, with the drop of each against PyTorch and its
+95 % interval (``deploy-attn accuracy``, ``accuracy.json``).
+
+Data: classification as an ImageFolder (one subfolder per class, classes in sorted
+order) or a ``labels.csv`` of ``file,label``; segmentation as ``images/`` and
+``masks/`` with matching names, masks holding class indices (an ``ignore_index`` value is
+left out). Images are preprocessed exactly as the export recorded. Metrics come from
+scikit-learn, McNemar's exact test from scipy; the intervals are a paired bootstrap
+over images (seeded).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError, ConfigError
+from .artifacts import directory_lock, write_json
+from .calib import IMAGE_SUFFIXES, Preprocess, _load_image
+
+ACCURACY_FILE = "accuracy.json"
+MAX_DROP = {"fp32": 0.1, "fp16": 0.1, "int8": 1.0, "int8-fp32": 1.0, "int8-cpu": 1.0}  # points
+BOOTSTRAP, SEED = 1000, 0
+WORST = 3  # classes listed where a form loses most
+
+
+@dataclass
+class Dataset:
+    root: Path
+    kind: str  # classification | segmentation
+    images: list[Path]
+    classes: list[str]
+    labels: np.ndarray | None = None  # classification: [N]
+    masks: list[Path] | None = None  # segmentation
+    ignore_index: int | None = None
+
+    def describe(self) -> dict:
+        layout = ("labels.csv" if (self.root / "labels.csv").is_file() else
+                  "ImageFolder" if self.kind == "classification" else "images/ + masks/")
+        return {"path": str(self.root.resolve()), "kind": self.kind, "layout": layout,
+                "images": len(self.images), "classes": len(self.classes),
+                "ignore_index": self.ignore_index}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_dataset(path: str | Path, task: str, num_classes: int,
+                 ignore_index: int | None = None) -> Dataset:
+    """The labelled images at ``path`` for a model of ``task`` with ``num_classes``
+    outputs; ArtifactError/ConfigError (one line) for anything that does not fit."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: dataset folder does not exist")
+    if task == "segmentation":
+        return _segmentation(root, num_classes, ignore_index)
+    if task != "classifier":
+        raise ConfigError(f"the export's model has no classifier or segmentation head (task "
+                          f"'{task}'): accuracy needs one")
+    if (root / "labels.csv").is_file():
+        return _labels_csv(root, num_classes)
+    folders = sorted(d for d in root.iterdir() if d.is_dir())
+    if not folders:
+        raise ArtifactError(f"{root}: no class subfolders (ImageFolder layout) and no "
+                            "labels.csv")
+    empty = [d.name for d in folders if not _image_files(d)]
+    if empty:
+        raise ArtifactError(f"{root}: class folder(s) {', '.join(empty[:3])} hold no "
+                            f"{'/'.join(IMAGE_SUFFIXES)} images")
+    if len(folders) != num_classes:
+        more = "more" if len(folders) > num_classes else "fewer"
+        raise ConfigError(f"{root}: {len(folders)} class folders ({_names(folders)}), {more} "
+                          f"than the model's {num_classes} classes")
+    images, labels = [], []
+    for k, d in enumerate(folders):
+        files = _image_files(d)
+        images += files
+        labels += [k] * len(files)
+    return Dataset(root, "classification", images, [d.name for d in folders],
+                   np.array(labels, np.int64))
+
+
+def _names(folders: Sequence[Path]) -> str:
+    names = [d.name for d in folders]
+    return ", ".join(names[:4]) + (f", ... {names[-1]}" if len(names) > 4 else "")
+
+
+def _labels_csv(root: Path, num_classes: int) -> Dataset:
+    rows = []
+    with open(root / "labels.csv", newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or (i == 0 and row[:2] == ["file", "label"]):
+                continue
+            if len(row) < 2:
+                raise ArtifactError(f"{root / 'labels.csv'}: line {i + 1} is not file,label")
+            rows.append((row[0].strip(), row[1].strip()))
+    if not rows:
+        raise ArtifactError(f"{root / 'labels.csv'}: no labelled images")
+    values = [label for _, label in rows]
+    if all(v.lstrip("-").isdigit() for v in values):
+        labels = np.array([int(v) for v in values], np.int64)
+        classes = [str(k) for k in range(num_classes)]
+    else:  # class names, indexed in sorted order as ImageFolder does
+        classes = sorted(set(values))
+        labels = np.array([classes.index(v) for v in values], np.int64)
+        if len(classes) != num_classes:
+            raise ConfigError(f"{root / 'labels.csv'}: {len(classes)} class names, the model "
+                              f"has {num_classes} classes")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise ArtifactError(f"{root / 'labels.csv'}: label {int(bad[0])} is outside the "
+                            f"model's {num_classes} classes")
+    images = [root / name for name, _ in rows]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise ArtifactError(f"{root / 'labels.csv'}: {len(missing)} listed file(s) missing: "
+                            f"{missing[0]}")
+    return Dataset(root, "classification", images, classes, labels)
+
+
+def _segmentation(root: Path, num_classes: int, ignore_index: int | None) -> Dataset:
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise ArtifactError(f"{root}: a segmentation dataset needs images/ and masks/ folders")
+    images = _image_files(images_dir)
+    if not images:
+        raise ArtifactError(f"{images_dir}: no {'/'.join(IMAGE_SUFFIXES)} images")
+    masks = {p.stem: p for p in _image_files(masks_dir)}
+    unmatched = [p.name for p in images if p.stem not in masks]
+    if unmatched:
+        raise ArtifactError(f"{masks_dir}: no mask for {len(unmatched)} image(s), e.g. "
+                            f"{unmatched[0]}")
+    return Dataset(root, "segmentation", images, [str(k) for k in range(num_classes)],
+                   masks=[masks[p.stem] for p in images], ignore_index=ignore_index)
+
+
+def load_mask(path: Path, size: tuple[int, int], num_classes: int,
+              ignore_index: int | None) -> np.ndarray:
+    """Class indices at the model's input size (nearest-neighbour: no new classes)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mask = np.asarray(img.resize((size[1], size[0]), Image.NEAREST)).astype(np.int64)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a readable mask ({type(exc).__name__})") from None
+    if mask.ndim != 2:
+        raise ArtifactError(f"{path}: a mask holds one class index per pixel (got {mask.ndim}-D)")
+    valid = (mask >= 0) & (mask < num_classes)
+    if ignore_index is not None:
+        valid |= mask == ignore_index
+    bad = np.unique(mask[~valid])
+    if bad.size:
+        raise ArtifactError(f"{path}: mask values {', '.join(map(str, bad[:4]))} are outside the "
+                            f"model's {num_classes} classes (give --ignore-index for a void label)")
+    return mask
+
+
+def dataset_arrays(dataset: Dataset, pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset as the pipeline reads it: inputs [N, C, H, W] (preprocessed as the
+    export records) and targets (class per image, or a class per pixel)."""
+    inputs = np.stack([_load_image(p, pre) for p in dataset.images]).astype(np.float32)
+    if dataset.kind == "classification":
+        return inputs, dataset.labels
+    return inputs, np.stack([load_mask(m, pre.size, len(dataset.classes), dataset.ignore_index)
+                             for m in dataset.masks])
+
+
+# --- metrics ---------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """What one model form predicted: logits (classification) or per-image confusion
+    matrices against the masks and per-pixel predictions (segmentation)."""
+
+    logits: list[np.ndarray] = field(default_factory=list)
+    pixels: list[np.ndarray] = field(default_factory=list)
+    confusion: list[np.ndarray] = field(default_factory=list)
+
+
+def _confusion(pred: np.ndarray, mask: np.ndarray, k: int, ignore: int | None) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix
+
+    keep = mask != ignore if ignore is not None else np.ones(mask.shape, bool)
+    return confusion_matrix(mask[keep].ravel(), pred[keep].ravel(), labels=list(range(k)))
+
+
+def _miou(confusion: np.ndarray) -> tuple[float, np.ndarray]:
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    present = union > 0
+    iou = np.where(present, inter / np.maximum(union, 1), np.nan)
+    return 100.0 * float(np.nanmean(iou)), 100.0 * iou
+
+
+def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, top_k_accuracy_score
+
+    k = logits.shape[1]
+    out = {"top1": 100.0 * accuracy_score(labels, logits.argmax(1))}
+    if k >= 5:
+        out["top5"] = 100.0 * top_k_accuracy_score(labels, logits, k=5, labels=list(range(k)))
+    return out
+
+
+def _per_class(correct: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    return np.array([100.0 * correct[labels == c].mean() if (labels == c).any() else np.nan
+                     for c in range(k)])
+
+
+def compare_forms(reference: Predictions, form: Predictions, dataset: Dataset,
+                  rng_seed: int = SEED) -> dict:
+    """Metrics of ``form``, its agreement with the reference's predictions, its drop in
+    points against the reference with a paired bootstrap 95 % interval (and McNemar's
+    exact p-value for classification), and the classes it loses most on."""
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(rng_seed)
+    k = len(dataset.classes)
+    if dataset.kind == "classification":
+        labels = dataset.labels
+        ref, test = np.concatenate(reference.logits), np.concatenate(form.logits)
+        metrics = _classification(test, labels)
+        ref_ok, ok = ref.argmax(1) == labels, test.argmax(1) == labels
+        agreement = 100.0 * float((ref.argmax(1) == test.argmax(1)).mean())
+        idx = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
+        drops = 100.0 * (ref_ok[idx].mean(1) - ok[idx].mean(1))
+        b, c = int((ref_ok & ~ok).sum()), int((~ref_ok & ok).sum())
+        p_value = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+        per_class = _per_class(ref_ok, labels, k) - _per_class(ok, labels, k)
+        drop = 100.0 * float(ref_ok.mean() - ok.mean())
+        metric = "top1"
+    else:
+        cm_ref, cm = np.stack(reference.confusion), np.stack(form.confusion)
+        miou_ref, iou_ref = _miou(cm_ref.sum(0))
+        miou, iou = _miou(cm.sum(0))
+        metrics = {"pixel_accuracy": 100.0 * np.trace(cm.sum(0)) / max(cm.sum(), 1),
+                   "miou": miou}
+        same = sum(int((a == b).sum()) for a, b in zip(reference.pixels, form.pixels))
+        agreement = 100.0 * same / sum(p.size for p in form.pixels)
+        idx = rng.integers(0, len(cm), (BOOTSTRAP, len(cm)))
+        drops = np.array([_miou(cm_ref[i].sum(0))[0] - _miou(cm[i].sum(0))[0] for i in idx])
+        p_value, drop, per_class, metric = None, miou_ref - miou, iou_ref - iou, "miou"
+    lo, hi = np.percentile(drops, [2.5, 97.5])
+    order = [c for c in np.argsort(-np.nan_to_num(per_class, nan=-np.inf)) if per_class[c] > 0]
+    return {"metrics": {m: float(v) for m, v in metrics.items()}, "metric": metric,
+            "agreement": agreement, "drop": float(drop), "drop_ci95": [float(lo), float(hi)],
+            "mcnemar_p": p_value,
+            "worst_classes": [{"class": dataset.classes[c], "drop": float(per_class[c])}
+                              for c in order[:WORST]]}
+
+
+# --- running the forms -------------------------------------------------------------------
+def _batches(dataset: Dataset, pre: Preprocess, batch: int) -> Iterator[tuple[np.ndarray, list]]:
+    for i in range(0, len(dataset.images), batch):
+        files = dataset.images[i:i + batch]
+        yield np.stack([_load_image(p, pre) for p in files]).astype(np.float32), \
+            list(range(i, i + len(files)))
+
+
+def _predict(run: Callable[[np.ndarray], np.ndarray], dataset: Dataset, pre: Preprocess,
+             batch: int, masks: list[np.ndarray] | None, tick: Callable[[int], None]
+             ) -> Predictions:
+    out = Predictions()
+    k = len(dataset.classes)
+    for x, idx in _batches(dataset, pre, batch):
+        y = run(x)
+        if dataset.kind == "classification":
+            if y.ndim != 2 or y.shape[1] != k:
+                raise ArtifactError(f"the model outputs {list(y.shape)}, not [N, {k}] class scores")
+            out.logits.append(np.asarray(y, np.float32))
+        else:
+            if y.ndim != 4 or y.shape[1] != k:
+                raise ArtifactError(f"the model outputs {list(y.shape)}, not [N, {k}, H, W]")
+            for j, i in enumerate(idx):
+                pred = y[j].argmax(0).astype(np.int16)
+                out.pixels.append(pred)
+                out.confusion.append(_confusion(pred, masks[i], k, dataset.ignore_index))
+        tick(len(idx))
+    return out
+
+
+@dataclass
+class AccuracyResult:
+    name: str
+    dataset: dict
+    forms: list[dict]
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "dataset": self.dataset, "forms": self.forms,
+                "seconds": self.seconds, "bootstrap": {"resamples": BOOTSTRAP, "seed": SEED},
+                "max_drop_points": MAX_DROP}
+
+    @property
+    def failed(self) -> list[dict]:
+        return [f for f in self.forms if f.get("ok") is False]
+
+    def table(self) -> str:
+        from .bench import format_table
+
+        metric = "top-1" if self.dataset["kind"] == "classification" else "mIoU"
+        extra = "top-5" if self.dataset["kind"] == "classification" else "pixel acc"
+        rows = []
+        for f in self.forms:
+            if f["status"] != "ok":
+                rows.append([f["form"], "skipped", "", "", "", "", "", f.get("reason", "")])
+                continue
+            m = f["metrics"]
+            main = m.get("top1", m.get("miou"))
+            second = m.get("top5", m.get("pixel_accuracy"))
+            if f["form"] == "pytorch":
+                rows.append([f["form"], f"{main:.2f}", "-" if second is None else f"{second:.2f}",
+                             "100.00", "-", "-", "-", "reference"])
+                continue
+            lo, hi = f["drop_ci95"]
+            worst = ", ".join(f"{w['class']} (-{w['drop']:.1f})" for w in f["worst_classes"])
+            p = "-" if f.get("mcnemar_p") is None else f"{f['mcnemar_p']:.3g}"
+            rows.append([f["form"], f"{main:.2f}", "-" if second is None else f"{second:.2f}",
+                         f"{f['agreement']:.2f}", f"{f['drop']:+.2f} [{lo:+.2f}, {hi:+.2f}]", p,
+                         f"{'ok' if f['ok'] else 'FAIL'} (max {f['max_drop']:g})", worst or "-"])
+        return format_table(["form", f"{metric} %", f"{extra} %", "agrees %",
+                             "drop [95% CI] points", "McNemar p", "drop check",
+                             "losses by class"], rows)
+
+
+def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | None = None,
+             max_drop: float | None = None, batch: int = 32, ignore_index: int | None = None,
+             progress: bool = False, save: bool = True) -> AccuracyResult:
+    """Accuracy of the export in ``directory`` on ``dataset_path``: the PyTorch reference,
+    then every ONNX artifact (in the runtime configuration the checks trust) and every
+    TensorRT engine (skipped with the reason where TensorRT cannot run). ``max_drop``
+    replaces the per-precision defaults (MAX_DROP)."""
+    from tqdm import tqdm
+
+    from .engine import TensorRTUnavailable, engine_path_for, require_tensorrt
+    from .job import open_export
+    from .parity import ort_batches, ort_session, torch_outputs
+
+    if batch < 1:
+        raise ConfigError(f"--batch {batch} must be >= 1")
+    t0 = time.perf_counter()
+    exp = open_export(directory)
+    card = exp.card()
+    pre = card.preprocess
+    if pre is None:
+        raise ConfigError(f"{exp.name} takes feature maps, not images: accuracy needs an image "
+                          "model")
+    files = exp.report.get("files", {})
+    wanted = list(files) if precisions is None else list(precisions)
+    unknown = [p for p in wanted if p not in files]
+    if unknown:
+        raise ConfigError(f"{directory} has no {', '.join(unknown)} artifact (it has "
+                          f"{', '.join(files)})")
+    probe = torch_outputs(card.module, np.zeros((1,) + tuple(card.input_shape[1:]), np.float32))
+    dataset = load_dataset(dataset_path, card.task, int(probe.shape[1]), ignore_index)
+    masks = None
+    if dataset.kind == "segmentation":
+        masks = [load_mask(m, pre.size, len(dataset.classes), ignore_index)
+                 for m in dataset.masks]
+    for p in dataset.images[:1]:  # fail on a wrong channel count before the long run
+        _load_image(p, pre)
+
+    engines = exp.report.get("engines", {})
+    forms: list[tuple[str, str | None, Callable | None, str | None]] = [
+        ("pytorch", None, lambda x: torch_outputs(card.module, x), None)]
+    static = exp.report["input_shape"][0] if not exp.cfg.dynamic_batch else None
+    for p in wanted:
+        path = Path(directory) / files[p]
+        forms.append((p, files[p], _onnx_runner(ort_session(path, verify=True), ort_batches),
+                      None))
+    for p in engines:
+        if precisions is not None and p not in precisions:
+            continue
+        try:
+            require_tensorrt(exp.name, p)
+            forms.append((f"trt-{p}", engine_path_for(directory, p).name,
+                          _engine_runner(engine_path_for(directory, p)), None))
+        except TensorRTUnavailable as exc:
+            forms.append((f"trt-{p}", engines[p].get("file"), None, str(exc)))
+    step = static or batch
+    total = len(dataset.images) * sum(1 for f in forms if f[2] is not None)
+    bar = tqdm(total=total, desc=f"accuracy {exp.name}", unit="img", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    results, reference = [], None
+    try:
+        for form, artifact, run, reason in forms:
+            if run is None:
+                results.append({"form": form, "artifact": artifact, "status": "skipped",
+                                "reason": reason})
+                continue
+            bar.set_postfix_str(form)
+            preds = _predict(run, dataset, pre, batch if form == "pytorch" else step, masks,
+                             bar.update)
+            if reference is None:
+                reference = preds
+                metrics = (_classification(np.concatenate(preds.logits), dataset.labels)
+                           if dataset.kind == "classification" else
+                           {"pixel_accuracy": 100.0 * np.trace(np.stack(preds.confusion).sum(0))
+                            / max(np.stack(preds.confusion).sum(), 1),
+                            "miou": _miou(np.stack(preds.confusion).sum(0))[0]})
+                results.append({"form": form, "artifact": None, "status": "ok",
+                                "metrics": {m: float(v) for m, v in metrics.items()}})
+                continue
+            entry = compare_forms(reference, preds, dataset)
+            precision = form.removeprefix("trt-")
+            limit = max_drop if max_drop is not None else MAX_DROP.get(precision, 0.0)
+            entry.update(form=form, artifact=artifact, status="ok", max_drop=limit,
+                         ok=entry["drop"] <= limit)
+            results.append(entry)
+    finally:
+        bar.close()
+    result = AccuracyResult(exp.name, dataset.describe(), results,
+                            round(time.perf_counter() - t0, 2))
+    if save:
+        with directory_lock(Path(directory)):
+            write_json(Path(directory) / ACCURACY_FILE, result.as_dict())
+    return result
+
+
+def _onnx_runner(session, ort_batches) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: np.concatenate([outs[0] for outs in ort_batches(session, x)])
+
+
+def _engine_runner(engine_path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    from .engine import engine_outputs
+
+    return lambda x: np.concatenate(engine_outputs(engine_path, [x[i:i + 1]
+                                                                for i in range(len(x))]))
