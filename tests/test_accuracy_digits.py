@@ -29,7 +29,6 @@ from deploy_attn.models import create_model  # noqa: E402
 from deploy_attn.pipeline.accuracy import (ACCURACY_FILE, dataset_arrays, evaluate,  # noqa: E402
                                            load_dataset)
 from deploy_attn.pipeline.parity import torch_outputs  # noqa: E402
-from deploy_attn.registry import get_spec  # noqa: E402
 from deploy_attn.sources import default_preprocess  # noqa: E402
 
 SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest input all take
