@@ -101,7 +101,7 @@ def main() -> None:
             continue
         model = deploy_attn.create_model(name)
         shape = get_spec(name).input_shape()
-        err = max(r.max_abs for r in check_onnx(plain, model, [shape]))
+        err = max(r.max_abs for r in check_onnx(plain, model, [shape])[0])
         note = "" if err <= FP32.atol else f"plain output off by {err:.2g}"
         if op_counts(onnx.load(str(plain))) == ops_ours:
             same.append(name)

@@ -236,18 +236,33 @@ def _torchvision_mbv2(state: StateDict) -> StateDict | None:
     return out
 
 
-def _timm_se(state: StateDict) -> StateDict | None:
-    """timm ``SEModule`` (``seresnet*``): ``se.fc1`` / ``se.fc2`` are 1x1 convs where ours
-    are ``attn.fc.0`` / ``attn.fc.2`` Linear layers (the same weights, reshaped)."""
+def _conv_se(state: StateDict, pattern: str, prefix: Callable[[re.Match], str]
+             ) -> StateDict | None:
+    """SE layers written as 1x1 convs ``fc1``/``fc2`` (``pattern`` groups: the path,
+    1 or 2, weight or bias) onto our Linear ``fc.0``/``fc.2`` under ``prefix(match)``:
+    the same weights, reshaped."""
     out, hit = {}, False
     for k, v in state.items():
-        m = re.match(r"^(.*)\bse\.fc([12])\.(weight|bias)$", k)
+        m = re.match(pattern, k)
         if m:
             hit = True
-            k = f"{m[1]}attn.fc.{0 if m[2] == '1' else 2}.{m[3]}"
+            k = f"{prefix(m)}fc.{0 if m[2] == '1' else 2}.{m[3]}"
             v = v.flatten(1) if m[3] == "weight" and v.dim() == 4 else v
         out[k] = v
     return out if hit else None
+
+
+def _timm_se(state: StateDict) -> StateDict | None:
+    """timm ``SEModule`` (``seresnet*``): ``se.fc1`` / ``se.fc2`` where ours are
+    ``attn.fc.0`` / ``attn.fc.2``."""
+    return _conv_se(state, r"^(.*)\bse\.fc([12])\.(weight|bias)$", lambda m: f"{m[1]}attn.")
+
+
+def _torchvision_se(state: StateDict) -> StateDict | None:
+    """torchvision ``SqueezeExcitation`` inside MBConv / MobileNetV3 blocks
+    (``efficientnet_b0``, ``mobilenet_v3_*``): ``block.N.fc1`` / ``fc2`` where ours are
+    ``block.N.fc.0`` / ``fc.2``."""
+    return _conv_se(state, r"^(.*\.block\.\d+\.)fc([12])\.(weight|bias)$", lambda m: m[1])
 
 
 def _timm_eca(state: StateDict) -> StateDict | None:
@@ -265,6 +280,8 @@ LAYOUTS = (
     Layout("houqb/CoordAttention mbv2_ca.py", "github:houqb/CoordAttention", _houqb_mbv2_ca),
     Layout("torchvision mobilenet_v2", "torchvision/models/mobilenetv2.py", _torchvision_mbv2),
     Layout("timm SEModule (se.fc1/se.fc2)", "timm/layers/squeeze_excite.py", _timm_se),
+    Layout("torchvision SqueezeExcitation (block.N.fc1/fc2)", "torchvision/ops/misc.py",
+           _torchvision_se),
     Layout("timm EcaModule (se.conv)", "timm/layers/eca.py", _timm_eca),
 )
 

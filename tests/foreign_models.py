@@ -295,3 +295,41 @@ class TinySegmenter(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class TorchvisionSqueezeExcitation(nn.Module):
+    """torchvision's ``SqueezeExcitation``: 1x1 convs ``fc1``/``fc2`` with bias."""
+
+    def __init__(self, channels: int, squeeze: int, activation, gate) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation, self.scale_activation = activation, gate
+
+    def forward(self, x):
+        return x * self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+
+def torchvision_layout(model: nn.Module) -> nn.Module:
+    """``model`` (deploy-attn's EfficientNet-B0 or MobileNetV3, laid out as torchvision's)
+    with every SE swapped for torchvision's conv-based SqueezeExcitation holding the same
+    weights: a model in torchvision's exact key layout that computes the same function."""
+    import copy
+
+    from deploy_attn.attention.se import SqueezeExcite
+
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, SqueezeExcite):
+                fc1, fc2 = child.fc[0], child.fc[2]
+                se = TorchvisionSqueezeExcitation(fc1.in_features, fc1.out_features,
+                                                  child.fc[1], child.fc[3])
+                with torch.no_grad():
+                    se.fc1.weight.copy_(fc1.weight[:, :, None, None])
+                    se.fc1.bias.copy_(fc1.bias)
+                    se.fc2.weight.copy_(fc2.weight[:, :, None, None])
+                    se.fc2.bias.copy_(fc2.bias)
+                setattr(module, name, se)
+    return model.eval()

@@ -4,10 +4,10 @@ trained on scikit-learn's handwritten digits (written as an ImageFolder, and as 
 masks for segmentation), exported through the real job (FP32, FP16, both INT8 forms,
 calibrated on training images) and evaluated on the test images.
 
-Three cases, the three models the FP16/INT8 issue names: mobilenetv2_ca classifies the
-digits (in the default suite, exported and evaluated with the CLI); resnet50_se classifies
-them and unet_cbam segments them (per pixel: background or the digit's class), both
-marked slow (about 3 and 2 minutes)."""
+Four cases: mobilenetv2_ca classifies the digits (in the default suite, exported and
+evaluated with the CLI); mobilenext_ca and resnet50_se classify them and unet_cbam
+segments them (per pixel: background or the digit's class), marked slow (about 1, 3 and 2
+minutes)."""
 from __future__ import annotations
 
 import json
@@ -51,6 +51,9 @@ class Case:
 
 CASES = [
     pytest.param(Case("mobilenetv2_ca", False, TrainConfig(3, 0.05), 90.0), id="mobilenetv2_ca"),
+    # MobileNeXt's sandglass blocks with CA after the first depthwise conv (about 1 minute)
+    pytest.param(Case("mobilenext_ca", False, TrainConfig(4, 0.05), 85.0), id="mobilenext_ca",
+                 marks=pytest.mark.slow),
     pytest.param(Case("resnet50_se", False, TrainConfig(3, 0.05), 90.0), id="resnet50_se",
                  marks=pytest.mark.slow),
     # Per-pixel digit classes need the bridge's global context; SGD left the UNet near

@@ -101,6 +101,13 @@ def test_spatial_attention_padding_follows_kernel_size(kernel_size):
             assert model(x).shape == x.shape
 
 
+@pytest.mark.parametrize("channels", [8, 16, 64, 96])
+def test_cpca_hidden_width_is_the_seeds(channels):
+    """The seed's ``in_chans // reduction`` (16), only kept from reaching 0."""
+    model = deploy_attn.create_model("cpca", channels=channels)
+    assert model.ca.mlp[0].out_channels == max(1, channels // 16)
+
+
 @pytest.mark.parametrize("channels", [4, 8, 12])
 def test_cpca_small_channel_counts_have_a_hidden_layer(channels):
     """Seed: ``in_chans // reduction`` is 0 below 16 channels."""

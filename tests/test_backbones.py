@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import deploy_attn
-from deploy_attn.backbones import mobilenetv2, resnet, unet
+from deploy_attn.backbones import efficientnet, mobilenetv2, mobilenetv3, mobilenext, resnet, unet
 from deploy_attn.models import build
 from deploy_attn.pipeline.onnx_io import shape_ops
 from deploy_attn.registry import get_spec
@@ -23,6 +23,11 @@ def n_params(name: str) -> int:
     ("resnet50", 25_557_032),
     ("resnet50_se", 28_088_024),    # SENet paper: SE-ResNet-50 28.09M
     ("resnet18", 11_689_512),
+    ("mobilenext", 3_535_416),      # the official code's training log: the paper's 3.5M
+    ("mobilenext_ca", 3_971_626),   # CA after the first depthwise conv of 15 blocks
+    ("efficientnet_b0", 5_288_548),  # torchvision
+    ("mobilenetv3_large", 5_483_032),  # torchvision
+    ("mobilenetv3_small", 2_542_856),  # torchvision
 ])
 def test_parameter_counts_match_the_papers(name, expected):
     assert n_params(name) == expected
@@ -43,6 +48,41 @@ def test_mobilenetv2_attention_placement():
         assert dw.groups == dw.in_channels > 1 and isinstance(layers[i + 1], torch.nn.Conv2d)
     ca = with_ca[0].conv[2]
     assert ca.conv1.out_channels == max(8, ca.conv1.in_channels // 32)
+
+
+def test_mobilenext_attention_after_the_first_depthwise_conv():
+    """The CA authors' placement: after the first depthwise 3x3 (+ BN + ReLU6), on the
+    block's input width; the 5 blocks that change width without one get none."""
+    from deploy_attn.attention.coord import CoordAtt
+    from deploy_attn.backbones.mobilenext import SandGlass
+
+    blocks = [m for m in build(get_spec("mobilenext_ca")).modules() if isinstance(m, SandGlass)]
+    with_ca = [b for b in blocks if b.has_attention]
+    assert len(blocks) == 20 and len(with_ca) == 15
+    for b in with_ca:
+        layers = list(b.conv)
+        assert isinstance(layers[3], CoordAtt) and isinstance(layers[2], torch.nn.ReLU6)
+        dw = layers[0]
+        assert dw.groups == dw.in_channels == layers[3].conv1.in_channels
+    plain = build(get_spec("mobilenext"))
+    keys = set(plain.state_dict())  # the official code's indices: checkpoints load as is
+    assert {"features.4.conv.0.weight", "features.4.conv.8.weight", "features.4.conv.9.bias",
+            "features.3.conv.5.weight", "classifier.1.weight"} <= keys
+
+
+def test_efficientnet_and_mobilenetv3_se_as_in_the_papers():
+    from deploy_attn.attention.se import SqueezeExcite
+
+    eff = build(get_spec("efficientnet_b0"))
+    ses = [m for m in eff.modules() if isinstance(m, SqueezeExcite)]
+    assert len(ses) == 16 and ses[0].fc[0].out_features == 8  # 32 input channels / 4
+    assert all(isinstance(m.fc[1], torch.nn.SiLU) for m in ses)
+    v3 = build(get_spec("mobilenetv3_large"))
+    gates = [m.fc[3] for m in v3.modules() if isinstance(m, SqueezeExcite)]
+    assert len(gates) == 8 and all(isinstance(g, torch.nn.Hardsigmoid) for g in gates)
+    ca = [m for m in build(get_spec("efficientnet_b0_ca")).modules()
+          if type(m).__name__ == "CoordAtt"]
+    assert len(ca) == 16 and all(isinstance(m.act, torch.nn.SiLU) for m in ca)
 
 
 def test_resnet_attention_sits_before_the_add():
@@ -90,7 +130,8 @@ def test_bn_recalibration_gives_realistic_activations():
 
 @pytest.mark.parametrize("name,dynamic", [
     ("mobilenetv2_ca", False), ("mobilenetv2_ca", True), ("resnet18_cbam", False),
-    ("unet_ca", False),
+    ("unet_ca", False), ("mobilenext_ca", False), ("efficientnet_b0", True),
+    ("mobilenetv3_small_ca", False),
 ])
 def test_representative_backbone_exports(export_cache, name, dynamic):
     _check_export(export_cache(name, dynamic), name, dynamic)
@@ -111,7 +152,7 @@ def _check_export(result, name, dynamic):
     assert shape_ops(model) == []
     if get_spec(name).num_classes:
         assert all(r["top1_agreement"] == 1.0 for r in parity["results"])
-    if name.endswith("_ca"):
+    if name.endswith("_ca") and not name.startswith("efficientnet"):  # there CA uses SiLU
         ops = {n.op_type for n in model.graph.node}
         assert "HardSwish" in ops and "Div" not in ops
 
@@ -122,13 +163,17 @@ def _check_export(result, name, dynamic):
     ("resnet50_se", resnet.attention_sites(4)),
     ("unet_se", unet.attention_sites()[0]),
     ("unet_pam", unet.attention_sites()[1]),  # quadratic modules: the bridge only
+    ("mobilenext_se", mobilenext.attention_sites()),
+    ("efficientnet_b0_eca", efficientnet.attention_sites()),
+    ("mobilenetv3_large_eca", mobilenetv3.attention_sites("large")),
+    ("mobilenetv3_small_eca", mobilenetv3.attention_sites("small")),
 ])
 def test_declared_attention_sites_are_where_attention_runs(name, sites):
     """The (channels, size) sites a backbone declares to decide which attention modules
     fit are the shapes its attention modules actually receive (they are computed apart
     from the model, so they could drift)."""
     spec = get_spec(name)
-    attn_cls = type(build(get_spec(name.split("_", 1)[1]), channels=64))
+    attn_cls = type(build(get_spec(spec.kwargs["attn"]), channels=64))
     model = deploy_attn.create_model(name)
     seen = set()
     for m in model.modules():

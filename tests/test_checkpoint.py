@@ -48,6 +48,24 @@ def test_public_layouts_load_and_compute_the_same_function(tmp_path, foreign, na
     assert err <= 1e-5, f"{name} from {layout}: max abs {err:.2e}"
 
 
+@pytest.mark.parametrize("name,keys,example", [
+    ("efficientnet_b0", 360, "features.1.0.block.1.fc1.weight"),
+    ("mobilenetv3_large", 312, "features.4.block.2.fc1.weight"),
+    ("mobilenetv3_small", 244, "features.1.block.1.fc1.weight"),
+])
+def test_torchvision_efficientnet_and_mobilenetv3_load(tmp_path, name, keys, example):
+    """torchvision's layouts (key counts and names as torchvision has them): SE as 1x1
+    convs fc1/fc2, everything else under the same paths."""
+    src = fm.torchvision_layout(deploy_attn.create_model(name, seed=4))
+    state = src.state_dict()
+    assert len(state) == keys and example in state
+    path = tmp_path / f"{name}.pth"
+    torch.save(state, path)
+    ours = _fresh(name)
+    assert load_checkpoint(ours, path).layout == "torchvision SqueezeExcitation (block.N.fc1/fc2)"
+    assert _same_outputs(src, ours, (1, 3, 96, 96)) <= 1e-5
+
+
 def test_torchvision_resnet_layout_needs_no_mapping(tmp_path):
     path = tmp_path / "resnet18.pt"
     torch.save(_fresh("resnet18").state_dict(), path)

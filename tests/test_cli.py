@@ -68,7 +68,7 @@ def test_parity_failure_leaves_the_earlier_export_as_it_was(monkeypatch, tmp_pat
     export("se", out_dir=tmp_path)
     before = _snapshot(tmp_path)
     bad = ParityResult(1, 0.5, 0.5, 0.9, True, False)
-    monkeypatch.setattr(job, "check_onnx", lambda *a, **k: [bad])
+    monkeypatch.setattr(job, "check_onnx", lambda *a, **k: ([bad], job.FP32, 0.0))
     with pytest.raises(ParityError, match="se: ONNX Runtime FP32 output differs.*keeps its "
                                           "earlier export unchanged.*export-failed.json"):
         export("se", out_dir=tmp_path, seed=7)

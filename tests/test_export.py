@@ -1,6 +1,9 @@
 """Export every attention module, static and dynamic batch: graph rules and ORT parity."""
 import onnx
 import pytest
+import torch
+
+import deploy_attn
 
 from deploy_attn.pipeline.job import verify_artifacts
 from deploy_attn.pipeline.onnx_io import input_shape, shape_ops
@@ -50,3 +53,22 @@ def test_coordinate_attention_uses_hardswish_and_reducemean(export_cache):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("HardSwish") == 1 and ops.count("ReduceMean") == 2
     assert "Clip" not in ops and "Div" not in ops
+
+
+class _Cancelling(torch.nn.Module):
+    """(x + 1e4) - 1e4: FP32 loses x's low bits, FP64 does not."""
+
+    def forward(self, x):
+        return (x + 1e4) - 1e4
+
+
+def test_fp32_tolerance_follows_the_references_own_rounding():
+    """atol stays 1e-4 for a well-conditioned module and rises to 4x PyTorch's own FP32
+    error (against FP64) where the function itself loses precision in FP32."""
+    from deploy_attn.pipeline.parity import FP32, fp32_tolerance, seeded_inputs
+
+    x = seeded_inputs((1, 64, 8, 8))
+    tol, rounding = fp32_tolerance(deploy_attn.create_model("se"), x)
+    assert tol == FP32 and rounding < FP32.atol / 4
+    tol, rounding = fp32_tolerance(_Cancelling(), x)
+    assert 1e-4 < rounding < 1e-3 and tol.atol == pytest.approx(4 * rounding)

@@ -15,11 +15,11 @@ from .cbam import ChannelAttention
 class CPCAChannelAttention(ChannelAttention):
     """CPCA's channel prior: ``x * (sigmoid(mlp(avg)) + sigmoid(mlp(max)))``: CBAM's
     channel attention with biased 1x1 convs and a gate on each pooled path instead of one
-    on their sum. Hidden width ``max(min_hidden, C // reduction)``: the seed's
-    ``C // reduction`` is 0 below 16 channels, leaving zero-width convs.
+    on their sum. Hidden width the seed's ``C // reduction``, kept from reaching 0 (below
+    16 channels the seed leaves zero-width convs): 1, 1, 4, 6 at 8, 16, 64, 96 channels.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 1,
                  act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
         super().__init__(channels, reduction, min_hidden, act_layer, gate_layer, bias=True)
 
@@ -40,7 +40,7 @@ class CPCA(nn.Module):
     GELU only as an approximate rewrite.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 1,
                  strip_sizes: tuple[int, ...] = (7, 11, 21)) -> None:
         super().__init__()
         require(all(k > 0 and k % 2 == 1 for k in strip_sizes),

@@ -14,14 +14,16 @@ class SqueezeExcite(nn.Module):
     """Global average pool -> FC (C -> C*rd_ratio) -> act -> FC -> gate, times the input.
 
     ``bias=True`` matches the SENet paper's parameter counts (SE-ResNet-50: 28.09M); the
-    seed blog's copy drops the biases. No deploy twin: the dynamo exporter already turns
+    seed blog's copy drops the biases. ``rd_channels`` sets the hidden width directly
+    (EfficientNet: the block's input channels / 4; MobileNetV3: expanded / 4 to 8s). No deploy twin: the dynamo exporter already turns
     ``view(b, ...)`` into constant reshapes with a dynamic batch (checked in test_export).
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
-                 bias: bool = True, act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
+                 bias: bool = True, act_layer: str = "relu", gate_layer: str = "sigmoid",
+                 rd_channels: int | None = None) -> None:
         super().__init__()
-        hidden = make_divisible(channels * rd_ratio, rd_divisor, min_value=1)
+        hidden = rd_channels or make_divisible(channels * rd_ratio, rd_divisor, min_value=1)
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden, bias=bias),

@@ -1,2 +1,2 @@
 """Backbones that host the attention modules; importing this package registers them."""
-from . import mobilenetv2, resnet, unet  # noqa: F401
+from . import efficientnet, mobilenetv2, mobilenetv3, mobilenext, resnet, unet  # noqa: F401

@@ -17,13 +17,20 @@ GLOBAL_ATTENTION = frozenset({"pam", "danet", "nonlocal", "mhsa"})
 Sites = Sequence[tuple[int, tuple[int, int]]]  # (channels, (h, w)) where attention sits
 
 
-def make_attention(name: str | None, channels: int) -> nn.Module:
-    """The attention module ``name`` (registry defaults) for ``channels``; Identity if None."""
+def make_attention(name: str | None, channels: int, **overrides: Any) -> nn.Module:
+    """The attention module ``name`` (registry defaults) for ``channels``; Identity if None.
+    ``overrides`` set the module's arguments it has (e.g. ``act_layer="silu"`` in
+    EfficientNet); those it does not take are ignored."""
     if name is None:
         return nn.Identity()
+    import inspect
+
     from ..models import build
 
-    return build(ATTENTION.get(name), channels=channels)
+    spec = ATTENTION.get(name)
+    accepted = inspect.signature(spec.builder).parameters
+    return build(spec, channels=channels,
+                 **{k: v for k, v in overrides.items() if k in accepted})
 
 
 def fits(attn: str, sites: Sites) -> bool:

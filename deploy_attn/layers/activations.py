@@ -30,6 +30,9 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu6": nn.ReLU6,
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "hardsigmoid": nn.Hardsigmoid,  # ONNX HardSigmoid / HardSwish as they are
+    "hardswish": nn.Hardswish,
     "hard_sigmoid": HSigmoid,
     "hard_swish": HSwish,
     "identity": nn.Identity,

@@ -42,11 +42,12 @@ class ConvBNAct(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
                  stride: int = 1, groups: int = 1, dilation: int = 1,
-                 act_layer: str | Callable[[], nn.Module] = "relu") -> None:
+                 act_layer: str | Callable[[], nn.Module] = "relu", norm_eps: float = 1e-5,
+                 norm_momentum: float = 0.1) -> None:
         padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                       dilation=dilation, groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.BatchNorm2d(out_channels, eps=norm_eps, momentum=norm_momentum),
             create_act(act_layer),
         )

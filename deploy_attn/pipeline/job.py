@@ -27,7 +27,7 @@ from .artifacts import STAGING_PREFIX, directory_lock, library_versions, publish
 from .calib import CalibData, calibration_data, verification_data
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
-from .parity import DEGENERATE, FP32, check_onnx, compare, input_dependence, \
+from .parity import DEGENERATE, FP32, check_onnx, compare, fp32_tolerance, input_dependence, \
     seeded_inputs, torch_outputs
 from .precision import AUTOCAST_MAX, PRECISIONS
 from .progress import Progress, silent
@@ -205,16 +205,17 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
 
     batches = [1, 4] if cfg.dynamic_batch else [1]
     progress(f"parity vs PyTorch (ONNX Runtime CPU, batch {', '.join(map(str, batches))})")
-    results = check_onnx(final, card.module, [(b,) + tuple(shape[1:]) for b in batches], FP32,
-                         classifier=card.classifier)
+    results, tol, rounding = check_onnx(final, card.module,
+                                        [(b,) + tuple(shape[1:]) for b in batches],
+                                        classifier=card.classifier)
     ok = all(r.ok for r in results)
-    report["parity"] = {"fp32": {"tolerance": asdict(FP32),
+    report["parity"] = {"fp32": {"tolerance": asdict(tol), "reference_fp32_rounding": rounding,
                                  "results": [r.as_dict() for r in results], "ok": ok}}
     report["versions"] = library_versions()
     report["files"] = {"fp32": MODEL_FILE} if ok else {}
     if not ok:
         raise ParityError(f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond "
-                          f"atol {FP32.atol:g} / rtol {FP32.rtol:g} (max abs "
+                          f"atol {tol.atol:.3g} / rtol {tol.rtol:g} (max abs "
                           f"{max(r.max_abs for r in results):.3g}, max rel "
                           f"{max(r.max_rel for r in results):.3g})")
     report["trt_check"] = {"fp32": _trt_check(final)}
@@ -307,6 +308,43 @@ def _qdq_fp32(cfg: ExportConfig, checks: _Checks, stage: Path, dst: Path,
     return checks.qdq
 
 
+def _auto_fp16_remainder(cfg: ExportConfig, checks: _Checks, stage: Path, qdq: Path,
+                         staged: Path, qdq_details: dict, progress: Progress) -> dict:
+    """--exclude auto for the INT8 + FP16 form: when it misses the INT8 threshold (the
+    FP16 remainder adds its rounding to INT8's), more of the most sensitive nodes stay
+    unquantized, each candidate set confirmed on the derived FP16-remainder artifact
+    itself; the details of the final quantization (empty when nothing changed)."""
+    from .parity import TOLERANCES
+    from .precision import (auto_exclude, cosine_scorer, fp16_remainder, int8_sensitivity,
+                            quantize_int8)
+
+    src, target = stage / MODEL_FILE, TOLERANCES["int8"].min_cosine
+    scorer = cosine_scorer(checks.ref, checks.verify.inputs)
+    base = scorer(staged)
+    if base >= target:
+        return {}
+    rows = qdq_details.get("sensitivity")
+    if rows is None:
+        progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+        rows = int8_sensitivity(src, qdq, scorer, progress)
+    done = set(qdq_details.get("excluded_nodes", []))
+    rows = [r for r in rows if r["node"] not in done]
+    retry, artifact = stage / "qdq-fp32-auto.onnx", None
+
+    def confirm(nodes: list[str]) -> float:  # re-quantized, FP16 remainder derived again
+        nonlocal artifact
+        artifact = quantize_int8(src, retry, checks.calib, cfg.calib_method,
+                                 sorted(done) + nodes, cache_dir=stage)
+        fp16_remainder(retry, staged, checks.calib, checks.tensor_ranges(src),
+                       cfg.fp16_threshold)
+        return scorer(staged)
+
+    chosen = auto_exclude(src, qdq, rows, scorer, target, base, confirm=confirm)
+    progress(f"int8 --exclude auto: {len(done) + len(chosen)} node(s) left FP32 for the FP16 "
+             "remainder")
+    return artifact.details if artifact is not None else {}
+
+
 def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precision: str,
                      stage: Path, report: dict, progress: Progress) -> str | None:
     """Stage model.<precision>.onnx if it meets its threshold (verified with the runtime
@@ -337,6 +375,9 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
         remainder = fp16_remainder(qdq, staged, calib, checks.tensor_ranges(src),
                                    cfg.fp16_threshold)
         details = {**qdq_details, **remainder.details}
+        if tuple(cfg.exclude) == ("auto",):
+            details.update(_auto_fp16_remainder(cfg, checks, stage, qdq, staged, qdq_details,
+                                                progress))
     runtime = verification_runtime(staged)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
     result = compare(ort_outputs(ort_session(staged, verify=True), x), ref, tol,
@@ -353,8 +394,8 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
     if not result.ok:
         hint = ""
         if precision in ("int8", "int8-fp32") and tuple(cfg.exclude) == ("auto",):
-            hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32, "
-                    "its cap (a quarter of the quantized nodes)")
+            hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32 (it "
+                    "stops at a quarter of the quantized nodes)")
         if precision.startswith("int8") and card.generated and card.kind == "backbone":
             hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
                      "'INT8 on generated weights'): give the trained ones with --weights")
@@ -519,9 +560,10 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     results = {}
     for precision, file in exp.report.get("files", {}).items():
         progress(f"{precision}: {file} ({verification_runtime(Path(directory) / file)})")
+        tol = fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
         try:
             result = compare(ort_outputs(ort_session(Path(directory) / file, verify=True), x),
-                             ref, TOLERANCES[precision], classifier=card.classifier)
+                             ref, tol, classifier=card.classifier)
         except ArtifactError as exc:  # e.g. a file replaced by another model's
             raise ArtifactError(f"{Path(directory) / file} ({exp.name}'s {precision} "
                                 f"artifact): {exc}") from None
@@ -544,6 +586,7 @@ def engine_parity(directory: Path, engine_path: Path, precision: str,
     x = exp.verify_inputs(exp.cfg.verify_count * batch)
     progress(f"engine parity: {engine_path.name} on {len(x)} inputs vs PyTorch")
     outs = engine_outputs(engine_path, [x[i:i + batch] for i in range(0, len(x), batch)])
-    result = compare(np.concatenate(outs), torch_outputs(card.module, x), TOLERANCES[precision],
+    tol = fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
+    result = compare(np.concatenate(outs), torch_outputs(card.module, x), tol,
                      classifier=card.classifier)
     return {"engine": engine_path.name, "precision": precision, **result.as_dict()}
