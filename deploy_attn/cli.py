@@ -77,7 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        calib_count=args.calib_count or 32,
                        calib_method=args.calib_method or "minmax",
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
-                       fp16_threshold=args.fp16_threshold)
+                       fp16_threshold=args.fp16_threshold, formats=tuple(args.format))
     card = load_source(args.model, _source_options(args))
     print(f"deploy-attn export {card.label()} -> {cfg.directory(card)}", file=sys.stderr)
     if card.weights:
@@ -103,8 +103,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                  + (f", FP16 remainder with {len(entry['fp32_kept_nodes'])} nodes kept FP32"
                     if precision == "int8" else ""))
         _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
+    for fmt, forms in rep.get("targets", {}).items():
+        for precision, entry in forms.items():
+            _print_parity(f"{fmt} {precision}", entry["results"][0], entry["runtime"])
     weights = f" (weights: {card.weights.describe()})" if card.weights else ""
-    files = ", ".join(str(result.directory / f) for f in rep["files"].values())
+    files = ", ".join(str(result.directory / f) for f in list(rep["files"].values()) + [
+        name for forms in rep.get("targets", {}).values() for t in forms.values()
+        for name in t["files"]])
     print(f"wrote {files} and {result.report_path}{weights}")
     return 0
 
@@ -247,9 +252,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     failed = []
     for precision, r in verify_artifacts(directory, to_stderr).items():
-        _print_parity(f"{r['file']} ({precision})", r)
+        _print_parity(f"{r['file']} ({precision})", r, r["runtime"])
+        for s in r["second"]:
+            if "skipped" in s:
+                print(f"  {s['runtime']}: skipped ({s['skipped']})")
+            else:
+                _print_parity(f"  {s['file']}", s, s["runtime"] + ("" if s["target"] else
+                              "; a second runtime's view, not a claim of the export"))
         print(f"  {r['trt_check']['summary']}")
-        if not r["ok"] or (args.trt and not r["trt_check"]["ok"]):
+        targets_bad = any(not s["ok"] for s in r["second"] if s.get("target"))
+        if not r["ok"] or targets_bad or (args.trt and not r["trt_check"]["ok"]):
             failed.append(precision)
     if failed:
         raise DeployAttnError(f"{args.target}: {', '.join(failed)} artifact(s) failed their check")
@@ -377,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "INT8 threshold is met)")
     ex.add_argument("--sensitivity", action="store_true",
                     help="report per-layer INT8 sensitivity (one quantization per layer)")
+    ex.add_argument("--format", type=_csv, default=[], metavar="F[,F]",
+                    help="CPU targets of every artifact, each checked against PyTorch: "
+                         "openvino (IR: model[.P].xml/.bin; needs the [openvino] extra), ort "
+                         "(ONNX Runtime's mobile format model[.P].ort + its operator config)")
     ex.add_argument("--fp16-threshold", type=_positive_float, default=512.0,
                     help="keep a node FP32 when its activations exceed this (default 512, AutoCast's)")
     ex.set_defaults(func=cmd_export)

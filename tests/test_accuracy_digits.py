@@ -114,7 +114,7 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
     """``deploy-attn export NAME --weights CKPT`` with FP16 and both INT8 forms,
     calibrated on the training images (the ImageFolder: picks spread over the classes) and
     verified on 32 others; ``--exclude auto`` leaves the most sensitive nodes FP32 if
-    INT8 misses its cosine threshold."""
+    INT8 misses its cosine threshold; ``--format ort`` adds the ORT-format files."""
     out = tmp_path_factory.mktemp("digits-export")
     calib = _data(case, digit_sets, "train")
     calib = calib / "images" if case.segment else calib
@@ -123,7 +123,8 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
         code = cli.main(["export", case.name, "--channels", "1", "--input-size", *map(str, SIZE),
                          "--num-classes", str(case.classes), "--weights", str(checkpoint),
                          "--precision", "fp16,int8-fp32,int8", "--calib-dir", str(calib),
-                         "--calib-count", str(CALIB_COUNT), "--exclude", "auto", "-o", str(out)])
+                         "--calib-count", str(CALIB_COUNT), "--exclude", "auto", "--format",
+                         "ort", "-o", str(out)])
     assert code == 0
     print(f"[digits] export (fp32, fp16, int8-fp32, int8) in {time.perf_counter() - t0:.1f} s")
     return out
@@ -197,3 +198,16 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
         assert forms[precision]["ok"], (precision, forms[precision])
         lo, hi = forms[precision]["drop_ci95"]
         assert lo <= forms[precision]["drop"] <= hi
+
+
+def test_digits_ort_format_files_compute_as_their_onnx(case, exported):
+    """Trained weights are where FP16 Q/DQ meets ORT's WeightBiasQuantization (its bias /
+    scale quotient overflows FP16): the converter must leave it out, so the INT8 + FP16
+    ORT-format file keeps the ONNX file's cosine."""
+    report = json.loads((exported / "report.json").read_text())
+    for precision, entry in report["targets"]["ort"].items():
+        cosine = entry["results"][0]["cosine"]
+        onnx_cosine = report["precisions"].get(precision, {}).get("results", [{}])[0].get(
+            "cosine", cosine)
+        assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-4, (precision, cosine,
+                                                                   onnx_cosine)

@@ -59,7 +59,7 @@ def test_bench_numbers_and_skipped_tensorrt(exports):
     assert data["ort_options"] == {"provider": "CPUExecutionProvider",
                                    "graph_optimization_level": "ORT_ENABLE_ALL",
                                    "intra_op_num_threads": 2, "inter_op_num_threads": 1,
-                                   "execution_mode": "ORT_SEQUENTIAL"}
+                                   "execution_mode": "ORT_SEQUENTIAL", "allow_spinning": "0"}
     env = data["environment"]
     assert env["cpu"] and env["cores"] >= 1 and "onnxruntime" in env["versions"]
     table = result.table()

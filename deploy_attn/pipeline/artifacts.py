@@ -52,7 +52,7 @@ def library_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for dist in ("deploy-attn", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim",
-                 "onnxscript", "polygraphy", "tensorrt", "numpy"):
+                 "onnxscript", "polygraphy", "tensorrt", "openvino", "numpy"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return versions

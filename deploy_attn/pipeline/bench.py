@@ -33,7 +33,16 @@ BACKENDS: dict[str, str | None] = {
     "ort-fp32": "fp32", "ort-fp16": "fp16", "ort-int8": "int8", "ort-int8-fp32": "int8-fp32",
     "ort-int8-cpu": "int8-cpu",  # the CPU-tuned INT8 variant (cpu_int8.py), not a TensorRT input
     "trt-fp32": "fp32", "trt-fp16": "fp16", "trt-int8": "int8", "trt-int8-fp32": "int8-fp32",
+    # OpenVINO CPU on the export's IR (export --format openvino), else on its ONNX file;
+    # the Q/DQ forms as they are, run as INT8 kernels
+    "ov-fp32": "fp32", "ov-fp16": "fp16", "ov-int8": "int8", "ov-int8-fp32": "int8-fp32",
+    # ONNX Runtime on the ORT-format file (export --format ort), as a mobile build runs it
+    "ortmobile-fp32": "fp32", "ortmobile-fp16": "fp16", "ortmobile-int8": "int8",
+    "ortmobile-int8-fp32": "int8-fp32",
 }
+# the backends that run a CPU target file (export --format), by format
+TARGET_BACKENDS = {b: "openvino" if b.startswith("ov-") else "ort" for b in BACKENDS
+                   if b.startswith(("ov-", "ortmobile-"))}
 BLOCK = 10  # timed calls per backend per round
 SETTLE_S = 0.25  # untimed running before each block (see interleaved_times)
 DEFAULT_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
@@ -146,7 +155,15 @@ def ort_options(threads: int) -> dict:
             "graph_optimization_level": opts.graph_optimization_level.name,
             "intra_op_num_threads": opts.intra_op_num_threads,
             "inter_op_num_threads": opts.inter_op_num_threads,
-            "execution_mode": opts.execution_mode.name}
+            "execution_mode": opts.execution_mode.name,
+            "allow_spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
+
+
+def ov_options(threads: int) -> dict:
+    """The OpenVINO CPU settings every OpenVINO backend compiles with (targets.ov_compile)."""
+    from .targets import ov_config
+
+    return ov_config(threads)
 
 
 def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
@@ -234,6 +251,7 @@ class BenchResult:
     backends: list[BackendResult]
     ort_options: dict
     torch_options: dict
+    ov_options: dict | None
     method: str
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -272,11 +290,14 @@ def latency_table(result: dict) -> tuple[list[str], list[list[str]]]:
 def settings_line(result: dict) -> str:
     """What a bench result was measured with, in one paragraph."""
     o, env = result.get("ort_options", {}), result.get("environment", {})
+    ov = result.get("ov_options")
     return (f"{result['name']} {'x'.join(map(str, result['input_shape']))}, "
             f"{result['threads']} thread(s), {result['runs']} runs after {result['warmup']} "
             f"warm-up, {result.get('method', '')}. ONNX Runtime {o.get('provider')}, "
             f"{o.get('graph_optimization_level')}, intra-op {o.get('intra_op_num_threads')}, "
-            f"inter-op {o.get('inter_op_num_threads')}, {o.get('execution_mode')}. "
+            f"inter-op {o.get('inter_op_num_threads')}, {o.get('execution_mode')}, spinning "
+            f"{'off' if o.get('allow_spinning') == '0' else 'on'}. "
+            + (f"OpenVINO CPU {', '.join(f'{k} {v}' for k, v in ov.items())}. " if ov else "") +
             f"{env.get('cpu', '?')} ({env.get('usable_cores', '?')} usable cores, load average "
             f"{' '.join(map(str, env.get('load_average', [])))})"
             f"{', GPU ' + env['gpu'] if env.get('gpu') else ', no GPU'}.")
@@ -372,8 +393,7 @@ def ensure_artifacts(precisions: Sequence[str], batch: int, directory: Path,
         except ParityError:
             pass  # a precision failed its check: the failure report says which
         except ArtifactError:
-            if read_report(directory).get("status") != "trt-rejected":
-                raise  # TensorRT's operator check alone leaves the ONNX files usable here
+            _unless_rejected(directory)
         report = read_report(directory) if report_path.is_file() else None
         if failed.is_file():  # what the last run could not add (the export stays intact)
             tried = _read_json(failed)
@@ -383,6 +403,35 @@ def ensure_artifacts(precisions: Sequence[str], batch: int, directory: Path,
         if (available(), {p for p in _failed(report, failed) if p in precisions}) == before:
             raise ArtifactError(f"{directory.name}: exporting {', '.join(missing)} produced "
                                 f"nothing; see {failed if failed.is_file() else report_path}")
+
+
+def _unless_rejected(directory: Path) -> None:
+    """Re-raise the ArtifactError being handled unless the export finished with only
+    rejections (TensorRT's operator check, a CPU target's parity): its ONNX files stand."""
+    from .job import read_report
+
+    if read_report(directory).get("status") not in ("trt-rejected", "target-rejected"):
+        raise
+
+
+def ensure_targets(directory: Path, report: dict, wanted: dict[str, set[str]],
+                   say: Progress) -> dict:
+    """The export's report once every CPU target format in ``wanted`` (format -> the
+    precisions wanted in it) has an entry for each of those precisions the export has:
+    missing ones are added by exporting again with the format."""
+    from .job import export_adding, read_report
+
+    have = set(report.get("files", {}))
+    needed = [fmt for fmt, precisions in wanted.items()
+              if (precisions & have) - set(report.get("targets", {}).get(fmt, {}))]
+    if not needed:
+        return report
+    say(f"export {directory.name} -> {directory}: add {', '.join(needed)}")
+    try:
+        export_adding(directory, [], say, formats=needed)
+    except ArtifactError:
+        _unless_rejected(directory)
+    return read_report(directory)
 
 
 def _read_json(path: Path) -> dict:
@@ -406,6 +455,7 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
     result to ``directory/bench.json``."""
     from .engine import TensorRTUnavailable, require_tensorrt
     from .job import REPORT_FILE, artifact_name, open_export, read_report
+    from .targets import openvino_missing, ov_compile, ov_runner
 
     backends = check_backends(backends)
     for label, value, least in (("--batch", batch, 1), ("--threads", threads, 1),
@@ -418,13 +468,16 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
     name = directory.name
     results = {b: BackendResult(b, "skipped", BACKENDS[b]) for b in backends}
 
-    # TensorRT first: no export work for a backend that cannot run here
+    # TensorRT and OpenVINO first: no export work for a backend that cannot run here
+    ov_missing = openvino_missing() if any(b.startswith("ov-") for b in backends) else None
     for b in backends:
         if b.startswith("trt-"):
             try:
                 require_tensorrt(name, BACKENDS[b])
             except TensorRTUnavailable as exc:
                 results[b].reason = str(exc)
+        elif b.startswith("ov-"):
+            results[b].reason = ov_missing
     wanted = sorted({BACKENDS[b] for b in backends if BACKENDS[b] and not results[b].reason},
                     key=list(BACKENDS.values()).index)
     if all(r.reason for r in results.values()):  # nothing can run here: export nothing
@@ -435,6 +488,11 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
         return _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
                        save)
     report, reasons = ensure_artifacts(["fp32"] + wanted, batch, directory, say)
+    formats: dict[str, set[str]] = {}
+    for b in backends:
+        if b in TARGET_BACKENDS and not results[b].reason:
+            formats.setdefault(TARGET_BACKENDS[b], set()).add(BACKENDS[b])
+    report = ensure_targets(directory, report, formats, say)
     name = report["name"]
     for b in backends:
         p = BACKENDS[b]
@@ -459,6 +517,17 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
             if b.startswith("ort-"):
                 say(f"{b}: ONNX Runtime session for {r.artifact}")
                 runners[b] = ort_runner(directory / r.artifact, x, threads)
+                continue
+            if b in TARGET_BACKENDS:
+                entry = report.get("targets", {}).get(TARGET_BACKENDS[b], {}).get(r.precision)
+                if not entry or not entry["ok"]:  # a latency only for a file known right
+                    r.reason = (entry or {}).get("reason", f"no {TARGET_BACKENDS[b]} form")
+                    continue
+                r.artifact = entry["files"][0]
+                say(f"{b}: {entry['runtime']}: {r.artifact}")
+                runners[b] = (ov_runner(ov_compile(directory / r.artifact, threads), x)
+                              if TARGET_BACKENDS[b] == "openvino" else
+                              ort_runner(directory / r.artifact, x, threads))
                 continue
             try:
                 engine = _engine(directory, r.precision, batch, say)
@@ -517,6 +586,7 @@ def _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
     result = BenchResult(
         name=name, batch=batch, threads=threads, runs=runs, warmup=warmup, input_shape=shape,
         backends=list(results.values()), ort_options=ort_options(threads),
+        ov_options=ov_options(threads) if any(b.startswith("ov-") for b in results) else None,
         torch_options={"num_threads": threads, "mode": "eager, torch.inference_mode",
                        "module": "reference (before deploy rewrites)",
                        "interop_threads": torch.get_num_interop_threads()},

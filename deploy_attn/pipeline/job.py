@@ -27,8 +27,8 @@ from .artifacts import STAGING_PREFIX, directory_lock, library_versions, publish
 from .calib import CalibData, calibration_data, verification_data
 from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .onnx_io import load_onnx, op_counts, shape_ops
-from .parity import DEGENERATE, FP32, check_onnx, compare, fp32_tolerance, input_dependence, \
-    seeded_inputs, torch_outputs
+from .parity import DEGENERATE, FP32, Tolerance, check_onnx, compare, fp32_tolerance, \
+    input_dependence, seeded_inputs, torch_outputs
 from .precision import AUTOCAST_MAX, PRECISIONS
 from .progress import Progress, silent
 from .simplify import simplify_onnx
@@ -39,7 +39,8 @@ REPORT_FILE = "report.json"
 FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself is untouched
 # files an export owns: a new export replaces them all (engines and benchmarks belong to
 # the model they were made from)
-OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json)|report\.json|bench\.json|"
+OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json|xml|bin|ort|"
+                   r"required_operators\.config)|report\.json|bench\.json|"
                    r"accuracy\.json|"
                    rf"{re.escape(FAILED_REPORT)}|{re.escape(REFERENCE_STATE)})$")
 
@@ -65,6 +66,7 @@ class ExportConfig:
     sensitivity: bool = False
     fp16_threshold: float = AUTOCAST_MAX
     verify_count: int = 8
+    formats: tuple[str, ...] = ()  # CPU targets beside the ONNX files: openvino, ort
 
     def __post_init__(self) -> None:
         from .export import MIN_OPSET, max_opset
@@ -92,6 +94,11 @@ class ExportConfig:
             raise ConfigError("--exclude and --sensitivity apply to INT8: add --precision int8")
         if self.calib_dir is not None and not stages:
             raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
+        from .targets import FORMATS
+
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad:
+            raise ConfigError(f"unknown format {', '.join(bad)}; choose from {', '.join(FORMATS)}")
 
     def directory(self, card: ModelCard) -> Path:
         return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
@@ -116,6 +123,10 @@ def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) 
     the whole run has passed; a failure raises the stage's error (ParityError for a
     check) naming the failure report, and leaves the directory's earlier export as it
     was. An interruption leaves nothing behind but what was there."""
+    if "openvino" in cfg.formats:  # before any work, not after it
+        from .targets import require_openvino
+
+        require_openvino()
     out = _prepare(cfg.directory(card))
     report: dict = {"name": card.name, "kind": card.kind, "paper": card.paper,
                     "model": card.record(), "config": _config_dict(cfg)}
@@ -130,13 +141,22 @@ def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) 
             except OSError as why:  # e.g. the disk is full: the error itself matters more
                 where = f"its report could not be written ({why.strerror or why})"
             raise type(exc)(f"{exc}; {_unchanged(out)}, {where}") from None
-    rejected = [f"{report['files'][p]}: {c['summary']}"
-                for p, c in report.get("trt_check", {}).items() if not c["ok"]]
-    if rejected:  # the files are right for ONNX Runtime, so they stay; the exit says why
-        more = f" (and {len(rejected) - 1} more file(s))" if len(rejected) > 1 else ""
+    rejected = _rejections(report)
+    if rejected:  # the ONNX files are right for ONNX Runtime, so they stay; the exit says why
+        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
         raise ArtifactError(f"{card.name}: {rejected[0]}{more}; the ONNX files are written "
-                            f"for ONNX Runtime, but TensorRT would not build them")
+                            f"(parity passed on ONNX Runtime), see {out / REPORT_FILE}")
     return ExportResult(out, report)
+
+
+def _rejections(report: dict) -> list[str]:
+    """What a finished export could not deliver: ONNX files TensorRT would not build, and
+    CPU targets that missed parity (those are not written)."""
+    return ([f"{report['files'][p]}: {c['summary']}; TensorRT would not build it"
+             for p, c in report.get("trt_check", {}).items() if not c["ok"]] +
+            [f"the {fmt} form of {report['files'][p]}: {t['reason']}; not written"
+             for fmt, forms in report.get("targets", {}).items()
+             for p, t in forms.items() if not t["ok"]])
 
 
 def _prepare(out: Path) -> Path:
@@ -223,14 +243,55 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
         failure = _precision_stage(cfg, card, checks, precision, stage, report, progress)
         if failure:
             raise ParityError(failure)
-    rejected = any(not c["ok"] for c in report["trt_check"].values())
-    report["status"] = "trt-rejected" if rejected else "ok"
+    target_files = _targets(cfg, card, checks, stage, report, progress)
+    trt_rejected = any(not c["ok"] for c in report["trt_check"].values())
+    report["status"] = ("trt-rejected" if trt_rejected else
+                        "target-rejected" if _rejections(report) else "ok")
     report["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(stage / REPORT_FILE, report)
-    files = list(report["files"].values())
+    files = list(report["files"].values()) + target_files
     if card.source["kind"] == "object":
         files.append(REFERENCE_STATE)
     publish(stage, out, files, REPORT_FILE, lambda name: bool(OWNED.match(name)))
+
+
+def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage: Path,
+             report: dict, progress: Progress) -> list[str]:
+    """The CPU targets asked for (``cfg.formats``) of every artifact, each checked against
+    PyTorch on the verification inputs at its precision's tolerance; the files written. A
+    target outside tolerance is recorded with the reason and not written (its ONNX file
+    passed on ONNX Runtime: the target's runtime computes it otherwise)."""
+    from .targets import RUNTIMES, run_target, write_target
+
+    if not cfg.formats:
+        return []
+    x = checks.verify.inputs if checks else seeded_inputs((4,) + tuple(card.input_shape[1:]))
+    ref = checks.ref if checks else torch_outputs(card.module, x)
+    written: list[str] = []
+    for fmt in cfg.formats:
+        for precision, name in report["files"].items():
+            progress(f"{fmt}: {precision} ({name})")
+            files = write_target(fmt, stage / name)
+            tol = _tolerance(card, precision, x)
+            result = compare(run_target(fmt, stage / files[0], x), ref, tol,
+                             classifier=card.classifier)
+            entry = {"files": files, "tolerance": asdict(tol), "results": [result.as_dict()],
+                     "ok": result.ok, "runtime": RUNTIMES[fmt]}
+            if result.ok:
+                written += files
+            else:
+                entry.update(files=[], reason=f"vs PyTorch cosine {result.cosine:.6f}, max abs "
+                             f"{result.max_abs:.3g}, outside {precision}'s tolerance on "
+                             f"{RUNTIMES[fmt]}")
+            report.setdefault("targets", {}).setdefault(fmt, {})[precision] = entry
+    return written
+
+
+def _tolerance(card: ModelCard, precision: str, x: np.ndarray) -> Tolerance:
+    """A precision's parity tolerance (FP32's measured on the model and ``x``)."""
+    from .parity import TOLERANCES
+
+    return fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
 
 
 def _unchanged(out: Path) -> str:
@@ -434,7 +495,7 @@ def export(model: nn.Module | str, *, input_shape: Sequence[int] | None = None,
                               "dynamic_batch=True")
         source.update(channels=shape[1], input_size=shape[2:])
     config = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
-    for key in ("precisions", "exclude"):
+    for key in ("precisions", "exclude", "formats"):
         if isinstance(config.get(key), str):
             config[key] = (config[key],)
     for key in ("out_dir", "calib_dir"):
@@ -468,7 +529,7 @@ def read_report(directory: Path) -> dict:
     return report
 
 
-_PATHS, _TUPLES = ("calib_dir",), ("precisions", "exclude")
+_PATHS, _TUPLES = ("calib_dir",), ("precisions", "exclude", "formats")
 
 
 def _config_dict(cfg: ExportConfig) -> dict:
@@ -529,11 +590,12 @@ def open_export(directory: Path) -> OpenExport:
 
 
 def export_adding(directory: Path, add: Sequence[str], progress: Progress = silent,
-                  fresh: tuple[ModelCard, ExportConfig] | None = None) -> ExportResult:
-    """Export again with the precisions ``add`` on top of those the export in
-    ``directory`` already has, with its reference and settings, so its report keeps every
-    artifact it lists; ``fresh`` (a card and config) makes a new export where there is
-    none."""
+                  fresh: tuple[ModelCard, ExportConfig] | None = None,
+                  formats: Sequence[str] = ()) -> ExportResult:
+    """Export again with the precisions ``add`` (and CPU target ``formats``) on top of
+    those the export in ``directory`` already has, with its reference and settings, so its
+    report keeps every artifact it lists; ``fresh`` (a card and config) makes a new export
+    where there is none."""
     if (Path(directory) / REPORT_FILE).is_file():
         exp = open_export(directory)
         card, cfg, have = exp.card(), exp.cfg, list(exp.report.get("files", {}))
@@ -545,31 +607,50 @@ def export_adding(directory: Path, add: Sequence[str], progress: Progress = sile
     wanted = set(have) | set(add)
     # fp16 before int8: the job stops at the first precision that fails its check
     return export_job(card, replace(cfg, precisions=tuple(p for p in PRECISIONS[1:]
-                                                          if p in wanted)), progress)
+                                                          if p in wanted),
+                                    formats=tuple(dict.fromkeys(cfg.formats + tuple(formats)))),
+                      progress)
 
 
 def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     """Re-check every ONNX artifact of an export against a freshly built reference:
-    parity at each precision's tolerance and the TensorRT operator check."""
-    from .parity import TOLERANCES, ort_outputs, ort_session, verification_runtime
+    parity at each precision's tolerance on ONNX Runtime, the TensorRT operator check, and
+    ``second``: the same parity on OpenVINO (the ONNX file; skipped with the reason where
+    OpenVINO is missing) and on each CPU target file the export wrote."""
+    from .parity import ort_outputs, ort_session, verification_runtime
+    from .targets import RUNTIMES, openvino_missing, run_target
 
     exp = open_export(directory)
     card = exp.card()
     x = exp.verify_inputs(exp.cfg.verify_count)
     ref = torch_outputs(card.module, x)
+    ov_missing = openvino_missing()
     results = {}
     for precision, file in exp.report.get("files", {}).items():
-        progress(f"{precision}: {file} ({verification_runtime(Path(directory) / file)})")
-        tol = fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
+        path = Path(directory) / file
+        progress(f"{precision}: {file} ({verification_runtime(path)})")
+        tol = _tolerance(card, precision, x)
         try:
-            result = compare(ort_outputs(ort_session(Path(directory) / file, verify=True), x),
+            result = compare(ort_outputs(ort_session(path, verify=True), x),
                              ref, tol, classifier=card.classifier)
+            runs = [("openvino", path)] if ov_missing is None else []
+            runs += [(fmt, Path(directory) / forms[precision]["files"][0])
+                     for fmt, forms in exp.report.get("targets", {}).items()
+                     if forms.get(precision, {}).get("files")
+                     and (fmt != "openvino" or ov_missing is None)]
+            second = []
+            for fmt, target in runs:
+                progress(f"{precision}: {target.name} ({RUNTIMES[fmt]})")
+                r = compare(run_target(fmt, target, x), ref, tol, classifier=card.classifier)
+                second.append({"file": target.name, "runtime": RUNTIMES[fmt], **r.as_dict(),
+                               "target": target != path})
         except ArtifactError as exc:  # e.g. a file replaced by another model's
-            raise ArtifactError(f"{Path(directory) / file} ({exp.name}'s {precision} "
-                                f"artifact): {exc}") from None
+            raise ArtifactError(f"{path} ({exp.name}'s {precision} artifact): {exc}") from None
+        if ov_missing:
+            second.insert(0, {"file": file, "runtime": "OpenVINO", "skipped": ov_missing})
         results[precision] = {"file": file, **result.as_dict(),
-                              "runtime": verification_runtime(Path(directory) / file),
-                              "trt_check": _trt_check(Path(directory) / file)}
+                              "runtime": verification_runtime(path),
+                              "trt_check": _trt_check(path), "second": second}
     return results
 
 
@@ -578,7 +659,6 @@ def engine_parity(directory: Path, engine_path: Path, precision: str,
     """Run a TensorRT engine on the export's verification inputs (Polygraphy TrtRunner)
     and compare it with the reference PyTorch model at the precision's tolerance."""
     from .engine import engine_outputs
-    from .parity import TOLERANCES
 
     exp = open_export(directory)
     card = exp.card()
@@ -586,7 +666,7 @@ def engine_parity(directory: Path, engine_path: Path, precision: str,
     x = exp.verify_inputs(exp.cfg.verify_count * batch)
     progress(f"engine parity: {engine_path.name} on {len(x)} inputs vs PyTorch")
     outs = engine_outputs(engine_path, [x[i:i + batch] for i in range(0, len(x), batch)])
-    tol = fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
+    tol = _tolerance(card, precision, x)
     result = compare(np.concatenate(outs), torch_outputs(card.module, x), tol,
                      classifier=card.classifier)
     return {"engine": engine_path.name, "precision": precision, **result.as_dict()}

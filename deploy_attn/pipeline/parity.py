@@ -135,6 +135,9 @@ def ort_session_options(threads: int | None = None, sequential: bool = False,
     if sequential:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # no busy-waiting pool between runs: it would take the cores of the next backend
+        # in an interleaved measurement (and of the application beside it in deployment)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
 
@@ -181,10 +184,15 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
     import onnxruntime as ort
 
     opts = ort_session_options(threads, sequential, profile_prefix)
-    numerics = graph_numerics(path)
+    # an ORT-format file's numerics are those of the ONNX file it was converted from
+    onnx_path = Path(path) if Path(path).suffix != ".ort" else Path(path).with_suffix(".onnx")
+    numerics = graph_numerics(onnx_path) if onnx_path.is_file() else set()
     disabled = list(FP16_QDQ_DISABLED) if {"fp16", "qdq"} <= numerics else []
     if verify and "fp16" in numerics:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif onnx_path != Path(path):
+        # replay the optimisations the converter saved in our own ORT file, as a phone does
+        opts.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=disabled)

@@ -165,15 +165,18 @@ def _kept_nodes(entry: dict) -> str:
     return f"{len(kept)}: {names}{' ...' if len(kept) > 3 else ''}"
 
 
+def _threshold(tol: dict) -> str:
+    return (f"cos >= {tol['min_cosine']}" if tol.get("min_cosine") is not None
+            else f"atol {tol.get('atol')} / rtol {tol.get('rtol')}")
+
+
 def precision_rows(rec: ModelRecord) -> list[list[str]]:
     rows = []
     files = rec.report.get("files", {})
     checks = rec.report.get("trt_check", {})
     for precision, entry in precision_entries(rec.report).items():
         w = worst_result(entry.get("results", []))
-        tol = entry.get("tolerance", {})
-        need = (f"cos >= {tol['min_cosine']}" if tol.get("min_cosine") is not None
-                else f"atol {tol.get('atol')} / rtol {tol.get('rtol')}")
+        need = _threshold(entry.get("tolerance", {}))
         file = files.get(precision) or entry.get("file")
         rows.append([precision, "pass" if entry.get("ok") else "FAIL", need,
                      _fmt(w.get("max_abs")), _fmt(w.get("cosine"), ".6f"),
@@ -181,6 +184,15 @@ def precision_rows(rec: ModelRecord) -> list[list[str]]:
                      trt_summary(checks.get(precision)),
                      f"{file}: {_size(rec.directory / file)}" if precision in files
                      else "not written"])
+    for fmt, forms in rec.report.get("targets", {}).items():
+        for precision, t in forms.items():
+            w = worst_result(t.get("results", []))
+            rows.append([f"{precision} {fmt}", "pass" if t.get("ok") else "FAIL",
+                         _threshold(t.get("tolerance", {})),
+                         _fmt(w.get("max_abs")), _fmt(w.get("cosine"), ".6f"),
+                         _fmt(w.get("top1_agreement"), ".3f"), "-", t.get("runtime", ""),
+                         ", ".join(f"{f}: {_size(rec.directory / f)}" for f in t["files"])
+                         or "not written"])
     for precision, eng in rec.report.get("engines", {}).items():
         p = eng.get("parity", {})
         env = eng.get("environment", {})

@@ -1,0 +1,161 @@
+"""CPU deployment targets beside the ONNX files: OpenVINO IR (``model[.P].xml/.bin``) and
+ONNX Runtime's mobile format (``model[.P].ort`` plus the operator config a minimal
+mobile build needs), and OpenVINO as a second runtime for every artifact.
+
+OpenVINO is optional (``pip install "deploy-attn[openvino]"``); without it the OpenVINO
+parts say so in one line, and ``check``/``bench`` list them as skipped with the reason.
+OpenVINO runs an artifact as its graph states it: FP32 inference precision (a CPU with
+BF16 support would otherwise default to BF16), FP16 weights and Casts as given, and the
+Q/DQ graphs through its low-precision transformations, i.e. as real INT8 kernels.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ArtifactError, DeployAttnError
+
+FORMATS = ("openvino", "ort")
+ORT_OPERATORS = "required_operators.config"  # for ONNX Runtime's minimal (mobile) build
+
+
+class OpenVINOUnavailable(DeployAttnError):
+    """OpenVINO is not installed here."""
+
+
+def require_openvino():
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as exc:
+        raise OpenVINOUnavailable(f"OpenVINO is not installed ({exc}): pip install "
+                                  "'deploy-attn[openvino]'") from None
+
+
+def openvino_missing() -> str | None:
+    """Why OpenVINO cannot run here, or None."""
+    try:
+        require_openvino()
+    except OpenVINOUnavailable as exc:
+        return str(exc)
+    return None
+
+
+RUNTIMES = {"openvino": "OpenVINO CPU, FP32 inference precision (Q/DQ as INT8 kernels)",
+            "ort": "ONNX Runtime CPU on the ORT-format file"}
+SUFFIXES = {"openvino": ".xml", "ort": ".ort"}
+
+
+def write_target(fmt: str, onnx_path: Path) -> list[str]:
+    """The ``fmt`` form of an ONNX file, beside it; the names of the files written."""
+    dst = onnx_path.with_suffix(SUFFIXES[fmt])
+    return write_ir(onnx_path, dst) if fmt == "openvino" else write_ort(onnx_path, dst)
+
+
+def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of ``path`` (an IR or ONNX file on OpenVINO, an ORT-format file on
+    ONNX Runtime) on ``x``, in the configuration whose numerics the checks trust."""
+    if fmt == "openvino":
+        return ov_outputs(ov_compile(path), x)
+    from .parity import ort_outputs, ort_session
+
+    return ort_outputs(ort_session(path, verify=True), x)
+
+
+def ov_config(threads: int | None = None) -> dict:
+    """OpenVINO CPU settings: FP32 inference precision (the graph's own FP16/INT8 parts stay
+    as given), latency mode (one stream), ``threads`` inference threads."""
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def ov_compile(path: str | Path, threads: int | None = None):
+    """An OpenVINO CPU compiled model of an ONNX file or an IR, with ov_config."""
+    ov = require_openvino()
+    try:
+        return ov.Core().compile_model(str(path), "CPU", ov_config(threads))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first}") from None
+
+
+def ov_outputs(compiled, x: np.ndarray) -> np.ndarray:
+    """The first output on ``x``; a static batch runs one slice at a time."""
+    batch = compiled.inputs[0].get_partial_shape()[0]
+    step = batch.get_length() if batch.is_static else len(x)
+    return np.concatenate([np.asarray(compiled(x[i:i + step])[0])
+                           for i in range(0, len(x), step)])
+
+
+def ov_runner(compiled, x: np.ndarray) -> Callable[[], object]:
+    """A zero-argument call that runs ``x`` on one infer request (for timing)."""
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def write_ir(onnx_path: Path, xml: Path) -> list[str]:
+    """The OpenVINO IR of an ONNX file (weights stored as the ONNX has them: no FP16
+    compression of FP32 weights); the names of the files written."""
+    ov = require_openvino()
+    # read_model, not convert_model: convert_model's offline transformations throw on the
+    # INT8 + FP16 form (OpenVINO 2026.4: TransposeFQ mixes f32 and f16 constants), and
+    # compile_model applies the full CPU pipeline to the IR either way
+    try:
+        ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{onnx_path}: OpenVINO cannot convert it: {first}") from None
+    return [xml.name, xml.with_suffix(".bin").name]
+
+
+def write_ort(onnx_path: Path, dst: Path) -> list[str]:
+    """ONNX Runtime's ORT format of an ONNX file and the operator config of a minimal
+    (mobile) build that runs it; the names of the files written.
+
+    As ``convert_onnx_models_to_ort`` does in its runtime style (portable: the basic
+    optimisations are applied, the rest are saved and replayed on the device, with no x86
+    NCHWc layout), with one difference: an FP16 Q/DQ graph converts without ORT's
+    WeightBiasQuantization, which miscomputes it (parity.FP16_QDQ_DISABLED). The config
+    lists the operators of the file with and without its saved optimisations, since a
+    device may apply either."""
+    import onnxruntime as ort
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    from .parity import FP16_QDQ_DISABLED, graph_numerics
+
+    disabled = ["NchwcTransformer"]
+    if {"fp16", "qdq"} <= graph_numerics(onnx_path):
+        disabled += FP16_QDQ_DISABLED
+    operators = dst.with_name(dst.stem + "." + ORT_OPERATORS)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".ort-") as tmp:
+        forms = {mode: Path(tmp) / f"{mode}.ort" for mode in ("save", "apply")}
+        for mode, path in forms.items():
+            so = ort.SessionOptions()
+            so.log_severity_level = 3  # the converter's constant-folding notes are noise here
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.optimized_model_filepath = str(path)
+            so.add_session_config_entry("session.save_model_format", "ORT")
+            so.add_session_config_entry("session.qdqisint8allowed", "0")
+            so.add_session_config_entry("optimization.minimal_build_optimizations", mode)
+            try:
+                ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
+                                     disabled_optimizers=disabled)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ArtifactError(f"{onnx_path}: no ORT-format file: {first}") from None
+        config = Path(tmp) / ORT_OPERATORS
+        logging.getLogger("ort_format_model").setLevel(logging.WARNING)
+        create_config_from_models(list(forms.values()), config, enable_type_reduction=False)
+        lines = [line for line in config.read_text().splitlines()
+                 if not line.startswith("# - ")]  # the temporary files' paths
+        lines.insert(1, f"# - {dst.name}, with and without its saved runtime optimisations")
+        config.write_text("\n".join(lines) + "\n")
+        forms["save"].replace(dst)
+        config.replace(operators)
+    return [dst.name, operators.name]

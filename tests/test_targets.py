@@ -1,0 +1,188 @@
+"""CPU targets: OpenVINO IR and ONNX Runtime's mobile (ORT) format beside every artifact,
+each checked against PyTorch; OpenVINO as a second runtime in ``check``; their ``bench``
+backends. The OpenVINO parts skip with the reason where it is not installed."""
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from deploy_attn import export
+from deploy_attn.errors import ArtifactError, ConfigError
+from deploy_attn.pipeline import targets
+from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+from deploy_attn.pipeline.bench import bench
+from deploy_attn.pipeline.job import open_export, read_report, verify_artifacts
+from deploy_attn.pipeline.parity import TOLERANCES, compare, torch_outputs
+
+from .test_cli import run_cli
+
+OV_MISSING = targets.openvino_missing()
+needs_openvino = pytest.mark.skipif(OV_MISSING is not None, reason=OV_MISSING or "")
+FORMS = ("fp16", "int8-fp32", "int8")
+FORMATS = ("ort",) if OV_MISSING else ("openvino", "ort")
+
+
+@pytest.fixture(scope="module")
+def ca_targets(tmp_path_factory):
+    """Coordinate Attention at every precision with both CPU targets."""
+    out = tmp_path_factory.mktemp("ca")
+    return export("ca", out_dir=out, precisions=FORMS, calib_count=8, formats=FORMATS)
+
+
+def test_every_artifact_has_its_targets_and_they_match_pytorch(ca_targets):
+    report, directory = ca_targets.report, ca_targets.directory
+    assert report["status"] == "ok"
+    exp = open_export(directory)
+    x = exp.verify_inputs(exp.cfg.verify_count)
+    ref = torch_outputs(exp.card().module, x)
+    for fmt in FORMATS:
+        assert set(report["targets"][fmt]) == {"fp32", *FORMS}
+        for precision, entry in report["targets"][fmt].items():
+            assert entry["ok"] and all((directory / f).is_file() for f in entry["files"])
+            # recomputed from the written file, not the job's figures
+            out = targets.run_target(fmt, directory / entry["files"][0], x)
+            tol = TOLERANCES[precision] if precision != "fp32" else None
+            r = compare(out, ref, tol or TOLERANCES["fp16"])
+            assert r.ok, f"{fmt} {precision}: cosine {r.cosine:.8f}, max abs {r.max_abs:.3g}"
+            if precision == "fp32":  # elementwise, at the export's measured FP32 tolerance
+                atol = report["targets"][fmt]["fp32"]["tolerance"]["atol"]
+                assert r.max_abs <= atol + 1e-3 * float(np.abs(ref).max()), r.max_abs
+
+
+def test_ort_files_load_in_a_plain_session_with_their_operator_config(ca_targets):
+    directory = ca_targets.directory
+    for precision, entry in ca_targets.report["targets"]["ort"].items():
+        ort_file, config = (directory / f for f in entry["files"])
+        assert ort_file.suffix == ".ort" and ort_file.read_bytes()[4:8] == b"ORTM"
+        session = ort.InferenceSession(str(ort_file), providers=["CPUExecutionProvider"])
+        x = np.zeros(session.get_inputs()[0].shape, np.float32)
+        assert np.isfinite(session.run(None, {session.get_inputs()[0].name: x})[0]).all()
+        text = config.read_text()
+        assert STAGING_PREFIX not in text and ort_file.name in text  # no temporary paths
+        ops = {op for line in text.splitlines() if line and not line.startswith("#")
+               for op in line.split(";")[2].split(",")}
+        onnx_ops = {n.op_type for n in onnx.load(str(directory / ca_targets.report["files"][
+            precision])).graph.node}
+        # the minimal build needs every compute op of the graph (basic optimisations may
+        # fold the Constant/Identity/Shape kind away)
+        assert {"Conv", "HardSigmoid"} & onnx_ops <= ops, (precision, sorted(ops))
+        if "QuantizeLinear" in onnx_ops:
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@needs_openvino
+def test_ir_keeps_the_weights_as_the_onnx_has_them(ca_targets):
+    directory = ca_targets.directory
+    entries = ca_targets.report["targets"]["openvino"]
+
+    def const_types(name):
+        root = ET.parse(directory / name).getroot()
+        return {layer.find("data").get("element_type") for layer in root.iter("layer")
+                if layer.get("type") == "Const"}
+
+    fp32, fp16 = const_types(entries["fp32"]["files"][0]), const_types(
+        entries["fp16"]["files"][0])
+    assert "f16" not in fp32, fp32  # no silent FP16 compression of an FP32 artifact
+    assert "f16" in fp16, fp16
+    assert "i8" in const_types(entries["int8-fp32"]["files"][0])  # INT8 weights stay INT8
+
+
+@needs_openvino
+def test_check_confirms_each_artifact_on_a_second_runtime(ca_targets, capsys):
+    checked = verify_artifacts(ca_targets.directory)
+    for precision, r in checked.items():
+        runtimes = {s["runtime"] for s in r["second"]}
+        assert runtimes == {targets.RUNTIMES["openvino"], targets.RUNTIMES["ort"]}, runtimes
+        assert all(s["ok"] for s in r["second"]), (precision, r["second"])
+    code, out, _ = run_cli(capsys, "check", str(ca_targets.directory))
+    assert code == 0
+    assert len(re.findall(r"^  model\S*\.xml: cosine .* -> ok; OpenVINO", out, re.M)) == 4, out
+
+
+def test_bench_runs_the_target_files(ca_targets):
+    result = bench(ca_targets.directory, ["ortmobile-fp32", "ortmobile-int8", "ov-fp16"],
+                   runs=3, warmup=1).as_dict()
+    rows = {b["backend"]: b for b in result["backends"]}
+    assert rows["ortmobile-int8"]["artifact"] == "model.int8.ort"
+    assert rows["ortmobile-int8"]["latency"]["median_ms"] > 0
+    if OV_MISSING:
+        assert rows["ov-fp16"]["reason"] == OV_MISSING and rows["ov-fp16"]["latency"] is None
+    else:
+        assert rows["ov-fp16"]["artifact"] == "model.fp16.xml"
+        assert result["ov_options"]["INFERENCE_NUM_THREADS"] == 2
+
+
+def test_bench_adds_a_missing_target_to_the_export(tmp_path):
+    export("se", out_dir=tmp_path, precisions=("fp16",))
+    assert "targets" not in read_report(tmp_path)
+    result = bench(tmp_path, ["ortmobile-fp16"], runs=2, warmup=1)
+    assert result.backends[0].artifact == "model.fp16.ort" and result.backends[0].latency
+    report = read_report(tmp_path)
+    assert report["config"]["formats"] == ["ort"] and report["targets"]["ort"]["fp16"]["ok"]
+
+
+def test_a_target_outside_tolerance_is_recorded_and_not_written(tmp_path, monkeypatch, capsys):
+    run = targets.run_target
+
+    def wrong_fp16(fmt, path, x):  # an ORT-format file that computes something else
+        out = run(fmt, path, x)
+        return -out if path.name == "model.fp16.ort" else out
+
+    monkeypatch.setattr(targets, "run_target", wrong_fp16)
+    code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--precision", "fp16",
+                           "--format", "ort")
+    assert code == 1 and len(err.strip().splitlines()[-1:]) == 1
+    assert re.search(r"the ort form of model\.fp16\.onnx: vs PyTorch cosine -1\.0+, .*not "
+                     r"written.*the ONNX files are written", err), err
+    report = read_report(tmp_path)
+    assert report["status"] == "target-rejected"
+    entry = report["targets"]["ort"]["fp16"]
+    assert not entry["ok"] and entry["files"] == [] and "outside fp16's tolerance" in entry[
+        "reason"]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"model.onnx", "model.fp16.onnx", "model.ort"} <= names
+    assert not names & {"model.fp16.ort", "model.fp16.required_operators.config"}, names
+    assert not any(n.startswith(STAGING_PREFIX) for n in names)
+    result = bench(tmp_path, ["ortmobile-fp16"], runs=2, warmup=1)
+    assert result.backends[0].latency is None  # no latency for a file known wrong
+    assert result.backends[0].reason == entry["reason"]
+
+
+def test_unknown_format_and_missing_openvino_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--format", "tflite")
+    assert code == 1 and "unknown format tflite; choose from openvino, ort" in err
+    with pytest.raises(ConfigError):
+        export("se", out_dir=tmp_path, formats=("coreml",))
+
+    def missing():
+        raise targets.OpenVINOUnavailable("OpenVINO is not installed (test): pip install "
+                                          "'deploy-attn[openvino]'")
+
+    monkeypatch.setattr(targets, "require_openvino", missing)
+    code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path / "ov"), "--format",
+                           "openvino")
+    assert code == 1 and err.strip().endswith("pip install 'deploy-attn[openvino]'"), err
+    assert not (tmp_path / "ov" / "report.json").exists()  # refused before any work
+    export("se", out_dir=tmp_path / "plain")
+    checked = verify_artifacts(tmp_path / "plain")
+    assert checked["fp32"]["second"] == [{"file": "model.onnx", "runtime": "OpenVINO",
+                                          "skipped": targets.openvino_missing()}]
+    row = bench(tmp_path / "plain", ["ov-fp32"], runs=2, warmup=1).backends[0]
+    assert row.latency is None and "not installed" in row.reason
+
+
+def test_write_ort_refuses_a_file_it_cannot_convert(tmp_path):
+    from onnx import TensorProto, helper
+
+    bad = tmp_path / "model.onnx"
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+                              [value("x", TensorProto.FLOAT, [1])],
+                              [value("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(bad))
+    with pytest.raises(ArtifactError, match="no ORT-format file.*NoSuchOp"):
+        targets.write_target("ort", bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
