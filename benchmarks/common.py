@@ -19,13 +19,17 @@ import deploy_attn
 from deploy_attn import export
 from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table,
                                         interleaved_times, torch_threads)
+from deploy_attn.errors import DeployAttnError
 from deploy_attn.pipeline.calib import calibration_data
+from deploy_attn.pipeline.export import DEFAULT_OPSET, export_onnx
 from deploy_attn.pipeline.parity import INT8, compare, ort_outputs, ort_session, seeded_inputs
 from deploy_attn.pipeline.progress import to_stderr as log
+from deploy_attn.pipeline.simplify import simplify_onnx
 from deploy_attn.registry import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB_COUNT = 32
+NOT_SLOWER = 0.97  # "never slower", with 3 % for timing noise on a shared 2-core machine
 
 
 def parser(description: str, runs: int = 40) -> argparse.ArgumentParser:
@@ -52,6 +56,28 @@ def exported(name: str, work: Path) -> Path:
         log(f"export {name}")
         export(name, out_dir=directory)
     return directory / "model.onnx"
+
+
+def plain_export(name: str, work: Path) -> tuple[Path | None, str]:
+    """The reference module exported as it is: (path, '') or (None, why it failed)."""
+    directory = work / name
+    dst = directory / "plain.onnx"
+    failed = directory / "plain.failed"
+    if dst.is_file():
+        return dst, ""
+    if failed.is_file():
+        return None, failed.read_text()
+    log(f"plain export {name}")
+    model = deploy_attn.create_model(name)
+    shape = get_spec(name).input_shape()
+    try:
+        export_onnx(model, shape, directory / "plain.raw.onnx", opset=DEFAULT_OPSET)
+        simplify_onnx(directory / "plain.raw.onnx", dst)
+    except DeployAttnError as exc:
+        why = str(exc).splitlines()[0][:90]
+        failed.write_text(why)
+        return None, why
+    return dst, ""
 
 
 def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
@@ -124,7 +150,8 @@ def header(title: str, args: argparse.Namespace) -> None:
           + ", ".join(f"{k} {env['versions'].get(k)}" for k in ("torch", "onnxruntime", "onnx")))
     print(f"{args.threads} thread(s) per runtime, median of {args.runs} interleaved runs "
           f"(rounds of {SETTLE_S:g} s untimed settling + {BLOCK} timed runs per peer) after "
-          f"{args.warmup} warm-up; ONNX Runtime CPU, ORT_ENABLE_ALL, inter-op 1, sequential.\n")
+          f"{args.warmup} warm-up; ONNX Runtime CPU, ORT_ENABLE_ALL, inter-op 1, sequential, "
+          "spinning off.\n")
 
 
 def footer(t0: float) -> None:

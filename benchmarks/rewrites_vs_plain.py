@@ -15,41 +15,16 @@ import time
 from pathlib import Path
 
 import onnx
-from common import (exported, footer, header, log, measure, op_profile, parser, print_table,
-                    work_dir)
+from common import (NOT_SLOWER, exported, footer, header, measure, op_profile, parser,
+                    plain_export,
+                    print_table, work_dir)
 
 import deploy_attn
-from deploy_attn.errors import DeployAttnError
 from deploy_attn.pipeline.bench import ort_runner
-from deploy_attn.pipeline.export import DEFAULT_OPSET, export_onnx
 from deploy_attn.pipeline.onnx_io import op_counts
 from deploy_attn.pipeline.parity import FP32, check_onnx, seeded_inputs
-from deploy_attn.pipeline.simplify import simplify_onnx
 from deploy_attn.registry import get_spec
 
-NOT_SLOWER = 0.97  # "never slower", with 3 % for timing noise on a shared 2-core machine
-
-
-def plain_export(name: str, work: Path) -> tuple[Path | None, str]:
-    """The reference module exported as it is: (path, '') or (None, why it failed)."""
-    directory = work / name
-    dst = directory / "plain.onnx"
-    failed = directory / "plain.failed"
-    if dst.is_file():
-        return dst, ""
-    if failed.is_file():
-        return None, failed.read_text()
-    log(f"plain export {name}")
-    model = deploy_attn.create_model(name)
-    shape = get_spec(name).input_shape()
-    try:
-        export_onnx(model, shape, directory / "plain.raw.onnx", opset=DEFAULT_OPSET)
-        simplify_onnx(directory / "plain.raw.onnx", dst)
-    except DeployAttnError as exc:
-        why = str(exc).splitlines()[0][:90]
-        failed.write_text(why)
-        return None, why
-    return dst, ""
 
 
 def pools_as_averagepool(src: Path, dst: Path) -> int:
