@@ -525,7 +525,7 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
                     continue
                 r.artifact = entry["files"][0]
                 say(f"{b}: {entry['runtime']}: {r.artifact}")
-                runners[b] = (ov_runner(ov_compile(directory / r.artifact, threads), x)
+                runners[b] = (ov_runner(ov_compile(directory / r.artifact, threads, x.shape), x)
                               if TARGET_BACKENDS[b] == "openvino" else
                               ort_runner(directory / r.artifact, x, threads))
                 continue

@@ -75,11 +75,18 @@ def ov_config(threads: int | None = None) -> dict:
     return config
 
 
-def ov_compile(path: str | Path, threads: int | None = None):
-    """An OpenVINO CPU compiled model of an ONNX file or an IR, with ov_config."""
+def ov_compile(path: str | Path, threads: int | None = None,
+               shape: tuple[int, ...] | None = None):
+    """An OpenVINO CPU compiled model of an ONNX file or an IR, with ov_config; ``shape``
+    fixes a dynamic input to it first (as a deployment at one batch size compiles: OpenVINO
+    runs a dynamic shape several times slower)."""
     ov = require_openvino()
     try:
-        return ov.Core().compile_model(str(path), "CPU", ov_config(threads))
+        core = ov.Core()
+        model = core.read_model(str(path))
+        if shape is not None and model.inputs[0].get_partial_shape().is_dynamic:
+            model.reshape({0: ov.PartialShape(list(shape))})
+        return core.compile_model(model, "CPU", ov_config(threads))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first}") from None
