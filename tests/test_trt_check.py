@@ -326,7 +326,7 @@ def test_export_fails_when_tensorrt_would_reject_a_node(capsys, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
     assert code != 0 and err[-1].startswith("deploy-attn: error: se: model.onnx:"), err
     assert "Conv 'node_Conv_0' (injected by the test)" in err[-1], err
-    assert "TensorRT would not build them" in err[-1], err
+    assert "TensorRT would not build it" in err[-1], err
     assert not any("Traceback" in line for line in err), err
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["status"] == "trt-rejected" and (tmp_path / "model.onnx").is_file()
