@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvBNAct, create_act, reduced_width
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -25,6 +26,8 @@ class BAM(nn.Module):
     gate (mean + max over channels -> 7x7 conv -> BN) and ``x * sigmoid(...)`` without the
     residual ``1 +``.
     """
+
+    attention_maps = {"map": MapSpec("gate", "spatial")}  # sigmoid(Mc + Ms), [N, C, H, W]
 
     def __init__(self, channels: int, reduction: int = 16, dilation: int = 4,
                  num_dilated: int = 2, min_hidden: int = 1, act_layer: str = "relu",

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import create_act, reduced_width, require
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -18,6 +19,8 @@ class ChannelAttention(nn.Module):
     so that narrow layers keep a hidden layer. Seed 001 names the ratio both ``rotio`` and
     ``ratio`` (a NameError); here it is ``reduction``.
     """
+
+    attention_maps = {"gate": MapSpec("gate", "channel")}
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 8,
                  act_layer: str = "relu", gate_layer: str = "sigmoid", bias: bool = False) -> None:
@@ -45,6 +48,8 @@ class SpatialAttention(nn.Module):
     only keeps the size for k = 7. ``channels`` is unused (the conv sees two maps) and is
     taken so that every attention module is built the same way.
     """
+
+    attention_maps = {"map": MapSpec("gate", "spatial")}
 
     def __init__(self, channels: int, kernel_size: int = 7, gate_layer: str = "sigmoid") -> None:
         super().__init__()

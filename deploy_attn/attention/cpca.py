@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import require
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from .cbam import ChannelAttention
 
@@ -18,6 +19,10 @@ class CPCAChannelAttention(ChannelAttention):
     on their sum. Hidden width the seed's ``C // reduction``, kept from reaching 0 (below
     16 channels the seed leaves zero-width convs): 1, 1, 4, 6 at 8, 16, 64, 96 channels.
     """
+
+    # the shared gate runs on the average-pooled branch, then on the max-pooled one
+    attention_maps = {"avg_gate": MapSpec("gate", "channel", 0),
+                      "max_gate": MapSpec("gate", "channel", 1)}
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 1,
                  act_layer: str = "relu", gate_layer: str = "sigmoid") -> None:
@@ -39,6 +44,9 @@ class CPCA(nn.Module):
     with the same weights. GELU stays the exact erf form; the deploy table offers a tanh
     GELU only as an approximate rewrite.
     """
+
+    # the spatial attention: the shared 1x1 conv's second call, on the summed strips
+    attention_maps = {"spatial": MapSpec("conv", "spatial", 1)}
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 1,
                  strip_sizes: tuple[int, ...] = (7, 11, 21)) -> None:

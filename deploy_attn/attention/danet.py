@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 
@@ -20,6 +21,8 @@ class PositionAttention(nn.Module):
     No deploy twin: the dynamo exporter turns ``view(b, ...)`` with the one dynamic dim
     into a constant ``-1`` target, so this forward already exports without Shape ops.
     """
+
+    attention_maps = {"attention": MapSpec("softmax", "rows")}  # [N, HW, HW]
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()
@@ -47,6 +50,8 @@ class ChannelAttention(nn.Module):
     softmax. The seed unpacked ``b, c, w, h`` and viewed back as ``(b, c, h, w)``, which
     transposes the spatial layout of non-square inputs; this reads ``b, c, h, w``.
     """
+
+    attention_maps = {"attention": MapSpec("softmax", "rows")}  # [N, C, C]
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -89,7 +94,7 @@ class ChannelAttentionDeploy(ChannelAttention):
         energy = torch.bmm(q, q.transpose(1, 2))
         # deploy: expand_as needs the runtime shape (Shape -> Expand); broadcasting doesn't
         energy = energy.amax(-1, keepdim=True) - energy
-        out = torch.bmm(energy.softmax(dim=-1), q).reshape(-1, c, h, w)
+        out = torch.bmm(self.softmax(energy), q).reshape(-1, c, h, w)
         return self.gamma * out + x
 
 

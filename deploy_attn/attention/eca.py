@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import create_act, require
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 
@@ -28,6 +29,8 @@ class EfficientChannelAttention(nn.Module):
 
     ``k_size`` defaults to the paper's adaptive ``eca_kernel_size(channels, gamma, b)``.
     """
+
+    attention_maps = {"gate": MapSpec("gate", "channel")}
 
     def __init__(self, channels: int, k_size: int | None = None, gamma: float = 2,
                  b: float = 1, gate_layer: str = "sigmoid") -> None:

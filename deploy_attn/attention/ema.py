@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -24,6 +25,9 @@ class EMA(nn.Module):
     and GroupNorm get the shared leaf rewrites.
     """
 
+    # the spatial weights that gate each group, [N * factor, 1, H, W]
+    attention_maps = {"weights": MapSpec("weight_gate", "spatial")}
+
     def __init__(self, channels: int, factor: int = 8) -> None:
         super().__init__()
         require_divisible(channels, factor, "channels", "factor")
@@ -36,6 +40,7 @@ class EMA(nn.Module):
         self.gn = nn.GroupNorm(cg, cg)
         self.conv1x1 = nn.Conv2d(cg, cg, kernel_size=1)
         self.conv3x3 = nn.Conv2d(cg, cg, kernel_size=3, padding=1)
+        self.weight_gate = nn.Sigmoid()  # no parameters: a module so that it can be hooked
 
     def attend(self, group_x: torch.Tensor) -> torch.Tensor:
         """The attention on grouped features ``[B * factor, C / factor, H, W]``."""
@@ -51,7 +56,7 @@ class EMA(nn.Module):
         x12 = x2.reshape(-1, cg, h * w)
         x22 = x1.reshape(-1, cg, h * w)
         weights = (torch.matmul(x11, x12) + torch.matmul(x21, x22)).reshape(-1, 1, h, w)
-        return group_x * weights.sigmoid()
+        return group_x * self.weight_gate(weights)
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:
         """Group the channels, attend, ungroup: ``[N, C, H, W]`` in and out."""

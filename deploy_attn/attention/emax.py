@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import require
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 from .ema import EMA
@@ -38,6 +39,9 @@ class EMAX(EMA):
     ``factor``; ``group_controller`` stays, unused, so seed checkpoints load (the deploy
     form drops it). ``gamma`` starts at zero as in the seed.
     """
+
+    attention_maps = {**EMA.attention_maps, "channel": MapSpec("channel_gate", "channel"),
+                      "global": MapSpec("global_attn", "channel")}
 
     def __init__(self, channels: int, factor: int = 8, reduction: int = 16) -> None:
         super().__init__(channels, factor)

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 
@@ -21,6 +22,8 @@ class MultiHeadSelfAttention(nn.Module):
     like it, the block returns the attention output without a residual connection.
     """
 
+    attention_maps = {"attention": MapSpec("softmax", "rows")}  # [N, heads, HW, HW]
+
     def __init__(self, channels: int, num_heads: int = 8, qkv_bias: bool = True) -> None:
         super().__init__()
         require_divisible(channels, num_heads, "channels", "num_heads")
@@ -28,10 +31,11 @@ class MultiHeadSelfAttention(nn.Module):
         self.head_dim = channels // num_heads
         self.qkv_proj = nn.Linear(channels, channels * 3, bias=qkv_bias)
         self.out_proj = nn.Linear(channels, channels)
+        self.softmax = nn.Softmax(dim=-1)  # no parameters: a module so that it can be hooked
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(head_dim)) v on ``[N, heads, S, head_dim]`` tensors."""
-        return (q @ k.transpose(-2, -1) / self.head_dim ** 0.5).softmax(dim=-1) @ v
+        return self.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5) @ v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.size()

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import require
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -21,6 +22,8 @@ class NonLocal2d(nn.Module):
     exporter writes as a constant ``-1`` target, so this exports without Shape ops.
     """
 
+    attention_maps = {"attention": MapSpec("softmax", "rows")}  # [N, HW, HW]
+
     def __init__(self, channels: int, reduction: int = 2) -> None:
         super().__init__()
         inter = channels // reduction
@@ -33,13 +36,14 @@ class NonLocal2d(nn.Module):
         self.W = nn.Conv2d(inter, channels, kernel_size=1)
         self.bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.bn.weight)
+        self.softmax = nn.Softmax(dim=-1)  # no parameters: a module so that it can be hooked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.size()
         g_x = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)  # (B, HW, C')
         theta_x = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
         phi_x = self.phi(x).view(b, self.inter_channels, -1)  # (B, C', HW)
-        attn = torch.matmul(theta_x, phi_x).softmax(dim=-1)  # (B, HW, HW)
+        attn = self.softmax(torch.matmul(theta_x, phi_x))  # (B, HW, HW)
         y = torch.matmul(attn, g_x).permute(0, 2, 1).reshape(b, self.inter_channels, h, w)
         return self.bn(self.W(y)) + x
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import create_act, require, require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -31,6 +32,10 @@ class SCSA(nn.Module):
     """
 
     _DOWN_SAMPLE = ("avg_pool", "max_pool", "recombination")
+
+    # the shared SMSA gate runs along H, then along W; then the PCSA channel gate
+    attention_maps = {"h": MapSpec("sa_gate", "axis", 0), "w": MapSpec("sa_gate", "axis", 1),
+                      "channel": MapSpec("ca_gate", "channel")}
 
     def __init__(self, channels: int, head_num: int = 8, window_size: int = 7,
                  group_kernel_sizes: Sequence[int] = (3, 5, 7, 9), qkv_bias: bool = False,

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import create_act, make_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 
 
@@ -18,6 +19,8 @@ class SqueezeExcite(nn.Module):
     (EfficientNet: the block's input channels / 4; MobileNetV3: expanded / 4 to 8s). No deploy twin: the dynamo exporter already turns
     ``view(b, ...)`` into constant reshapes with a dynamic batch (checked in test_export).
     """
+
+    attention_maps = {"gate": MapSpec("fc", "channel")}
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 1,
                  bias: bool = True, act_layer: str = "relu", gate_layer: str = "sigmoid",

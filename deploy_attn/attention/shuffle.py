@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import create_act, require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 
@@ -20,6 +21,10 @@ class ShuffleAttention(nn.Module):
     zero/one-initialised as there. The seed's default of 64 groups needs channels
     divisible by 128; the default here, 8, suits 64 channels.
     """
+
+    # one gate module, run on the channel half of every group, then on the spatial half
+    attention_maps = {"channel": MapSpec("gate", "channel", 0),
+                      "spatial": MapSpec("gate", "spatial", 1)}
 
     def __init__(self, channels: int, groups: int = 8, gate_layer: str = "sigmoid") -> None:
         super().__init__()

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvBNAct, require, require_divisible
+from ..maps import MapSpec
 from ..registry import ATTENTION
 from ..rewrite import deploy_twin
 
@@ -21,6 +22,8 @@ class SelectiveKernel(nn.Module):
     Defaults are the paper's SK[M=2, G=32, r=16], L=32. Seed 001's copy prints inside
     ``forward``; this one does not.
     """
+
+    attention_maps = {"selection": MapSpec("select", "branch")}  # [N, M, C, 1(, 1)]
 
     def __init__(self, channels: int, num_branches: int = 2, groups: int = 32,
                  rd_ratio: float = 1 / 16, min_hidden: int = 32,
@@ -38,12 +41,13 @@ class SelectiveKernel(nn.Module):
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = ConvBNAct(channels, hidden, 1, act_layer=act_layer)
         self.fc_select = nn.Conv2d(hidden, channels * num_branches, kernel_size=1, bias=False)
+        self.select = nn.Softmax(dim=1)  # over the branches; a module so that it can be hooked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = torch.stack([conv(x) for conv in self.convs], dim=1)  # [N, M, C, H, W]
         z = self.fc(self.avg_pool(feats.sum(dim=1)))
         attn = self.fc_select(z).view(x.size(0), self.num_branches, self.channels, 1, 1)
-        return (feats * attn.softmax(dim=1)).sum(dim=1)
+        return (feats * self.select(attn)).sum(dim=1)
 
 
 @deploy_twin(SelectiveKernel)
@@ -57,7 +61,7 @@ class SelectiveKernelDeploy(SelectiveKernel):
             fused = fused + f
         z = self.fc(self.avg_pool(fused))
         # deploy: keep every tensor 4-D and the batch as -1 (no Shape ops).
-        attn = self.fc_select(z).reshape(-1, self.num_branches, self.channels, 1).softmax(dim=1)
+        attn = self.select(self.fc_select(z).reshape(-1, self.num_branches, self.channels, 1))
         weights = attn.split(1, dim=1)
         out = feats[0] * weights[0].reshape(-1, self.channels, 1, 1)
         for f, w in zip(feats[1:], weights[1:]):
