@@ -315,6 +315,28 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maps(args: argparse.Namespace) -> int:
+    from .pipeline.job import REPORT_FILE
+    from .pipeline.maps import MAPS_DIR, MAPS_FILE, maps_job
+    from .sources import load_source
+
+    directory = export_directory(args.target, args.output)
+    fresh = None if (directory / REPORT_FILE).is_file() else \
+        load_source(args.target, _source_options(args))
+    result = maps_job(directory, image=args.image, calib_dir=args.calib_dir, count=args.count,
+                      precisions=args.precisions, fresh=fresh, progress=to_stderr)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+    if not args.json:
+        drifts = [f"{p}: {d}" for p, d in result.as_dict()["first_drift"].items() if d]
+        print(f"first map beyond its tolerance: {'; '.join(drifts) or 'none'}")
+        if result.diagnostic:
+            print(f"note: {result.diagnostic}")
+        figures = len({s["figure"] for s in result.sites})
+        print(f"wrote {directory / MAPS_FILE} and {figures} figures under "
+              f"{directory / MAPS_DIR}/ ({result.seconds:.0f} s)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .pipeline.report import write_report
 
@@ -325,11 +347,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a model source (export, and maps on a model not exported)."""
+    from .sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
+
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword argument for CALLABLE (repeatable; VALUE a Python literal)")
+    parser.add_argument("--channels", type=POSITIVE, help="input channels (default: the registry "
+                        f"model's; {USER_CHANNELS} for other sources)")
+    parser.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"),
+                        help="input height and width (default: the registry model's; "
+                             f"{USER_INPUT_SIZE[0]} {USER_INPUT_SIZE[1]} for other sources)")
+    parser.add_argument("--task", choices=TASKS, help="what the output is (default: the registry "
+                        "model's; inferred from the output shape for other sources)")
+    parser.add_argument("--mean", type=float, nargs="+", metavar="M",
+                        help="image preprocessing mean, per channel (default ImageNet for 3 "
+                             "channels, 0.5 otherwise)")
+    parser.add_argument("--std", type=float, nargs="+", metavar="S", help="preprocessing std")
+    parser.add_argument("--weights", type=Path,
+                        help="checkpoint (.pt/.pth/.safetensors): a state_dict, or a dict with one "
+                             "under state_dict/model/model_state_dict/state_dict_ema; public "
+                             "layouts (official CA, torchvision, timm) are mapped")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights "
+                        "(state_dict_ema) where it has raw ones too")
+    parser.add_argument("--num-classes", type=POSITIVE,
+                        help="classifier/segmentation classes (registry backbones: e.g. a "
+                             "checkpoint's head width; other sources: num_classes=K)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
     from .pipeline.precision import TENSORRT_PRECISIONS
-    from .sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
 
     p = _Parser(prog="deploy-attn", description=__doc__)
     p.add_argument("--version", action="version", version=f"deploy-attn {__version__}")
@@ -348,33 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "timm:NAME or torchvision:NAME")
     ex.add_argument("-o", "--output", type=Path, help="output directory (default export/NAME)")
     ex.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch axis")
-    ex.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                    help="keyword argument for CALLABLE (repeatable; VALUE a Python literal)")
-    ex.add_argument("--channels", type=POSITIVE, help="input channels (default: the registry "
-                    f"model's; {USER_CHANNELS} for other sources)")
-    ex.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"),
-                    help="input height and width (default: the registry model's; "
-                         f"{USER_INPUT_SIZE[0]} {USER_INPUT_SIZE[1]} for other sources)")
-    ex.add_argument("--task", choices=TASKS, help="what the output is (default: the registry "
-                    "model's; inferred from the output shape for other sources)")
-    ex.add_argument("--mean", type=float, nargs="+", metavar="M",
-                    help="image preprocessing mean, per channel (default ImageNet for 3 "
-                         "channels, 0.5 otherwise)")
-    ex.add_argument("--std", type=float, nargs="+", metavar="S", help="preprocessing std")
+    _add_source_args(ex)
     ex.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
                     help=f"ONNX opset (default {DEFAULT_OPSET})")
     ex.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     ex.add_argument("--approximate", action="store_true",
                     help="also apply rewrites that change numerics (the report states their error)")
-    ex.add_argument("--weights", type=Path,
-                    help="checkpoint (.pt/.pth/.safetensors): a state_dict, or a dict with one "
-                         "under state_dict/model/model_state_dict/state_dict_ema; public "
-                         "layouts (official CA, torchvision, timm) are mapped")
-    ex.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights "
-                    "(state_dict_ema) where it has raw ones too")
-    ex.add_argument("--num-classes", type=POSITIVE, help="classifier/segmentation classes (registry "
-                    "backbones: e.g. a checkpoint's head width; other sources: num_classes=K)")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the generated weights")
     ex.add_argument("--precision", type=_csv, default=[], metavar="P[,P]",
                     help="also write FP16 / INT8 artifacts, comma-separated: fp16; int8 (INT8 "
                          "with an FP16 remainder, what TensorRT users build); int8-fp32 (INT8 "
@@ -460,6 +489,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="segmentation: the mask value of void pixels, left out")
     ac.add_argument("--json", action="store_true", help="print the result as JSON")
     ac.set_defaults(func=cmd_accuracy)
+
+    mp = sub.add_parser("maps", help="attention maps of every artifact beside PyTorch's",
+                        description="For every attention site and every artifact: the map's "
+                        "correlation, cosine and max error against PyTorch's (hooks; a map "
+                        "drifts beyond max abs 1e-4 in FP32, below correlation 0.999 in FP16 "
+                        "and 0.95 in INT8), a table, maps.json "
+                        "and one figure per site under the export directory's maps/ (worst "
+                        "first). A registry name with no export is built (FP32, FP16, INT8) "
+                        "in a scratch folder for the diagnosis, even where INT8 misses its "
+                        "threshold, and not kept.")
+    mp.add_argument("target", help="an export directory, or a registry name (export/NAME)")
+    inputs = mp.add_mutually_exclusive_group()
+    inputs.add_argument("--image", type=Path, help="one image to draw the maps on "
+                        "(preprocessed as the export records)")
+    inputs.add_argument("--calib-dir", type=Path, help="images to compare the maps on (and to "
+                        "calibrate with, when the model is built for the diagnosis)")
+    mp.add_argument("--count", type=POSITIVE, default=4,
+                    help="inputs from --calib-dir or the export's verification set (default 4)")
+    mp.add_argument("-o", "--output", type=Path, help="export directory (default export/NAME)")
+    mp.add_argument("--precisions", type=_csv, metavar="P[,P]",
+                    help="artifacts to compare (default: all the export has; fp16,int8 when "
+                         "building for the diagnosis)")
+    mp.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_source_args(mp)
+    mp.set_defaults(func=cmd_maps)
 
     rp = sub.add_parser("report", help="report.md + report.html (plots embedded) of the exports")
     rp.add_argument("names", nargs="*", help="models to include")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -137,11 +138,11 @@ def publish(staged: Path, directory: Path, files: list[str], report: str,
         os.umask(umask)
         os.chmod(staged / name, 0o666 & ~umask)  # shared artifacts, as atomic_path writes
     stale = [p for p in directory.iterdir() if p.name not in keep and owned(p.name)
-             and p.is_file()]
+             and (p.is_file() or p.is_dir() and not p.is_symlink())]
     with signals_deferred():
         (directory / report).unlink(missing_ok=True)
         for name in files:
             os.replace(staged / name, directory / name)
-        for old in stale:
-            old.unlink()
+        for old in stale:  # files, and folders of results about the old files (maps/)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
         os.replace(staged / report, directory / report)

@@ -24,6 +24,7 @@ from .artifacts import atomic_path
 from .accuracy import ACCURACY_FILE
 from .bench import BENCH_FILE, environment, latency_table, settings_line
 from .job import PRECISIONS, REPORT_FILE, read_report
+from .maps import MAPS_FILE
 from .parity import FP16, FP32, INT8
 
 REPORT_MD = "report.md"
@@ -81,6 +82,7 @@ class ModelRecord:
     report: dict
     bench: dict | None
     accuracy: dict | None = None  # accuracy.json, written by `deploy-attn accuracy`
+    maps: dict | None = None  # maps.json, written by `deploy-attn maps`
 
 
 def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[ModelRecord]:
@@ -96,10 +98,12 @@ def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[M
         directory = Path(name) if (Path(name) / REPORT_FILE).is_file() else root / name
         bench_path, accuracy_path = directory / BENCH_FILE, directory / ACCURACY_FILE
         report = read_report(directory)
+        maps_path = directory / MAPS_FILE
         records.append(ModelRecord(report["name"], directory, report,
                                    _read_json(bench_path) if bench_path.is_file() else None,
                                    _read_json(accuracy_path) if accuracy_path.is_file()
-                                   else None))
+                                   else None,
+                                   _read_json(maps_path) if maps_path.is_file() else None))
     return records
 
 
@@ -232,7 +236,7 @@ def _series(env: dict) -> str:
 PRECISION_HEADER = ["precision", "parity", "threshold", "max abs", "cosine", "top-1",
                     "FP32-kept nodes", "TensorRT operator check", "artifact"]
 # --- plots -----------------------------------------------------------------------------
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
@@ -268,7 +272,7 @@ def latency_plot(records: list[ModelRecord]) -> bytes | None:
     ax.set_title("Latency by backend")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(len(backends), 4))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def parity_plot(records: list[ModelRecord]) -> bytes | None:
@@ -309,7 +313,7 @@ def parity_plot(records: list[ModelRecord]) -> bytes | None:
         ax_cos.legend(fontsize=8)
     fig.suptitle("Parity error by module")
     fig.subplots_adjust(wspace=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def accuracy_blocks(rec: ModelRecord) -> list[Block]:
@@ -356,7 +360,41 @@ def accuracy_blocks(rec: ModelRecord) -> list[Block]:
                  "paired bootstrap 95 % interval."),
             Table(["form", label, "agrees with PyTorch %", "drop [95% CI]", "check",
                    "losses by class"], rows),
-            Plot(f"accuracy-{rec.name}.png", f"Accuracy of {rec.name}", _png(fig))]
+            Plot(f"accuracy-{rec.name}.png", f"Accuracy of {rec.name}", png_bytes(fig))]
+
+
+def maps_blocks(rec: ModelRecord) -> list[Block]:
+    """The attention-maps section of one model: every site's correlation with PyTorch's
+    map per artifact (worst first) and the figures of the worst sites."""
+    from .maps import MAPS_DIR, WORST_FIGURES, worst
+
+    maps = rec.maps
+    sites = sorted(maps["sites"], key=worst, reverse=True)
+    rows = []
+    for s in sites:
+        cells = []
+        for p in maps["precisions"]:
+            r = s["results"]["onnxruntime"].get(p, {})
+            cells.append("-" if r.get("correlation") is None else
+                         f"{r['correlation']:.4f}" + ("" if r["ok"] else " DRIFT"))
+        rows.append([s["site"], s["class"], s["map"], *cells])
+    figures, blocks = [], []
+    for s in sites:
+        if s.get("figure") and s["figure"] not in figures and len(figures) < WORST_FIGURES:
+            figures.append(s["figure"])
+    for i, fig in enumerate(figures, 1):
+        path = rec.directory / fig
+        if path.is_file():
+            blocks.append(Plot(f"maps-{rec.name}-{i:02d}.png", f"Attention maps of {rec.name}: "
+                               f"{Path(fig).stem}", path.read_bytes()))
+    drift = ", ".join(f"{p}: {d}" for p, d in maps["first_drift"].items() if d) or "none"
+    return [Heading("Attention maps", 3),
+            Para(f"Each attention site's map in every artifact against PyTorch's (hooks), on "
+                 f"{maps['input']['source']}: Pearson correlation on ONNX Runtime, worst "
+                 f"first; first map beyond its tolerance: {drift}. Figures of the "
+                 f"{len(blocks)} worst sites (all are under {MAPS_DIR}/)."
+                 + (f" Note: {maps['diagnostic']}." if maps.get("diagnostic") else "")),
+            Table(["site", "class", "map", *maps["precisions"]], rows), *blocks]
 
 
 # --- the report --------------------------------------------------------------------------
@@ -406,6 +444,8 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
             blocks.append(Para(f"No latency: run 'deploy-attn bench {r.name} --save' to add it."))
         if r.accuracy:
             blocks += accuracy_blocks(r)
+        if r.maps:
+            blocks += maps_blocks(r)
     env = environment()
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     blocks += [Heading("Environment"),
