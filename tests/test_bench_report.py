@@ -31,12 +31,16 @@ from .conftest import TRT_MISSING
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """An export root with two modules at every precision, one of them benchmarked."""
+    """An export root with two modules at every precision, one of them benchmarked and
+    its attention maps drawn."""
+    from deploy_attn.pipeline.maps import maps_job
+
     root = tmp_path_factory.mktemp("export")
     for name in ("se", "eca"):
         export(name, out_dir=root / name, precisions=("fp16", "int8"),
                                 calib_count=8)
     result = bench(root / "se", runs=5, warmup=1, save=True)
+    maps_job(root / "se", count=2)
     return root, result
 
 
@@ -152,8 +156,11 @@ def test_report_md_and_self_contained_html(exports, tmp_path):
     assert re.search(r"\| int8 \| pass \| cos >= 0.99 \|", text), text
     assert "ok: all" in text  # the TensorRT operator check summary
     assert "![Latency by backend](latency.png)" in text and (md.parent / "latency.png").is_file()
+    # se's attention maps: the section, its table, and the figure of its one site
+    assert "### Attention maps" in text and "<h3>Attention maps</h3>" in html_text
+    assert "![Attention maps of se: 01-_root_](maps-se-01.png)" in text
     pngs = _pngs(html_text)
-    assert len(pngs) == 2
+    assert len(pngs) == 3
     for png in pngs:
         with Image.open(io.BytesIO(png)) as img:
             assert img.format == "PNG" and img.width > 300
@@ -187,6 +194,7 @@ def test_report_renders_in_headless_chromium(exports, tmp_path):
     assert len(colours) > 50, f"only {len(colours)} colours: a blank page?"
     # the header bar colour of the tables (#2b6cb0) is on the page: the CSS applied
     assert np.any(np.all(rgb == (0x2b, 0x6c, 0xb0), axis=-1))
+    assert "<h3>Attention maps</h3>" in page.read_text()  # the maps section is on the page
 
 
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT and a GPU are present here")

@@ -1,0 +1,209 @@
+"""Attention maps: declared per module, captured by hooks, found in every artifact by the
+exporter's scopes, compared with PyTorch's, drawn, and used to localise an INT8 loss."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import deploy_attn
+from deploy_attn import cli
+from deploy_attn.maps import capture, declared_maps
+from deploy_attn.models import create_model
+from deploy_attn.pipeline.job import open_export
+from deploy_attn.pipeline.maps import (MAPS_FILE, drift_note, drifting_site, evaluate_maps,
+                                       maps_job)
+
+from .conftest import ATTENTION_NAMES
+
+OPENVINO = importlib.util.find_spec("openvino") is not None
+
+
+def _png_ok(path: Path) -> tuple[int, int]:
+    """A figure that rendered: its size, after checking its pixels are not all one colour."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.std() > 5, f"{path} is (nearly) one colour"
+    return img.size
+
+
+def test_every_attention_module_declares_maps():
+    for name in ATTENTION_NAMES:
+        sites = declared_maps(create_model(name))
+        assert sites, f"{name} declares no attention map"
+
+
+def test_hooks_capture_without_touching_the_model():
+    model = create_model("mobilenetv2_ca", input_size=(32, 32))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = capture(model, np.random.default_rng(0).standard_normal((2, 3, 32, 32), np.float32))
+    sites = declared_maps(model)
+    assert len(sites) == 2 * 16 and set(got.maps) == {s.key for s in sites}
+    a_h = got.maps["features.2.conv.2:a_h"]
+    assert a_h.shape[0] == 2 and a_h.shape[-1] == 1 and 0 < a_h.min() <= a_h.max() < 1
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ATTENTION_NAMES)
+def test_fp32_maps_of_every_module_match_pytorch(name, export_cache):
+    """Every declared map of every module is found in the exported graph by its scope, and
+    its FP32 value (ONNX Runtime, and OpenVINO where installed) is within 1e-4 of PyTorch's."""
+    directory = export_cache(name).directory
+    x = open_export(directory).verify_inputs(2)
+    result = evaluate_maps(directory, x, {"source": "seeded", "count": 2})
+    assert not result.skipped, result.skipped
+    assert len(result.sites) == len(declared_maps(create_model(name)))
+    assert result.runtimes == (["onnxruntime", "openvino"] if OPENVINO else ["onnxruntime"])
+    for site in result.sites:
+        for runtime, by_precision in site["results"].items():
+            r = by_precision["fp32"]
+            assert r["ok"] and r["max_abs"] <= 1e-4, (name, site["map"], runtime, r)
+    # the deployable artifact is untouched: only its graph output
+    assert [o.name for o in onnx.load(directory / "model.onnx").graph.output] == ["output"]
+
+
+def test_maps_command_with_an_image_draws_every_site(tmp_path, capsys):
+    """`deploy-attn maps NAME --image` on a model not exported yet: FP32/FP16/INT8 built in a
+    scratch folder (generated weights: INT8 misses its threshold, and is still mapped), the
+    figures and maps.json written, and nothing that looks like an export left."""
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    yy, xx = np.mgrid[0:48, 0:48]
+    Image.fromarray(np.stack([(xx * 5) % 256, (yy * 5) % 256, (xx + yy) % 256], -1)
+                    .astype(np.uint8)).save(image)
+    out = tmp_path / "out"
+    code = cli.main(["maps", "mobilenetv2_ca", "--input-size", "64", "64", "--image", str(image),
+                     "-o", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "first map beyond its tolerance" in printed.out and "scratch folder" in printed.out
+    data = json.loads((out / MAPS_FILE).read_text())
+    assert data["precisions"] == ["fp32", "fp16", "int8"] and len(data["sites"]) == 32
+    assert data["input"]["source"] == f"image {image}"
+    for site in data["sites"]:
+        assert site["results"]["onnxruntime"]["fp32"]["max_abs"] <= 1e-4, site
+    figures = sorted((out / "maps").glob("*.png"))
+    assert len(figures) == 16 and {s["figure"] for s in data["sites"]} == \
+        {f"maps/{f.name}" for f in figures}
+    width, height = _png_ok(figures[0])
+    assert width > 400 and height > 200
+    assert sorted(p.name for p in out.iterdir()) == ["maps", MAPS_FILE]
+
+
+def test_maps_bad_input_is_one_line(tmp_path, capsys, export_cache):
+    directory = export_cache("ca").directory
+    code = cli.main(["maps", str(directory), "--image", str(tmp_path / "none.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "feature maps, not images" in err[0], err
+    code = cli.main(["maps", str(directory), "--precisions", "int8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "has no int8 artifact" in err[0], err
+
+
+# --- localising an INT8 loss on a trained model ------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory):
+    """mobilenetv2_ca trained on the digits (2 epochs), exported with INT8 (FP32
+    remainder) calibrated on the training images."""
+    pytest.importorskip("sklearn", reason="scikit-learn provides the digits")
+    from deploy_attn.datasets import TrainConfig, digits, train
+    from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
+    from deploy_attn.sources import default_preprocess
+
+    pre = default_preprocess("backbone", (1, 1, 32, 32))
+    sets = digits(tmp_path_factory.mktemp("digits"), pre, seed=0)
+    x, y = dataset_arrays(load_dataset(sets["train"].folder, "classifier", 10), pre)
+    model = create_model("mobilenetv2_ca", channels=1, input_size=(32, 32), num_classes=10,
+                         seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(model, x, y, TrainConfig(2, 0.05))
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = tmp_path_factory.mktemp("ckpt") / "digits.pt"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path_factory.mktemp("export")
+    deploy_attn.export("mobilenetv2_ca", out_dir=out, channels=1, input_size=(32, 32),
+                       num_classes=10, weights=ckpt, precisions=("int8-fp32",),
+                       calib_dir=sets["train"].folder, calib_count=64)
+    return out, sets["test"].folder
+
+
+def _coarsen_site(src: Path, dst: Path, tensor: str, factor: float) -> str:
+    """A copy of a Q/DQ graph whose activation scale feeding the conv behind ``tensor`` (a
+    gate's output) is multiplied by ``factor``: a bad calibration at that one site (below 1:
+    a range too small, which clips). Returns the scale's name."""
+    model = onnx.load(src)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer[tensor]
+    while node.op_type != "Conv":  # the gate's activation -> the conv that feeds it
+        node = producer[node.input[0]]
+    dq = producer[node.input[0]]
+    assert dq.op_type == "DequantizeLinear", dq.op_type
+    q = producer[dq.input[0]]
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in dict.fromkeys([q.input[1], dq.input[1]]):
+        scale = numpy_helper.to_array(inits[name]) * factor
+        inits[name].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), name))
+    onnx.save(model, dst)
+    return dq.input[1]
+
+
+def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
+    directory, test_images = digits_export
+    exp = open_export(directory)
+    index = exp.report["attention_maps"]
+    x = exp.verify_inputs(8)
+    good = evaluate_maps(directory, x, {"source": "verification", "count": 8},
+                         write=tmp_path / "good")
+    order = [f"{s['site']}:{s['map']}" for s in good.sites]
+    target = next(e for e in index if e["site"] == "features.9.conv.2" and e["map"] == "a_h")
+    first_good = good.first_drift("int8-fp32")
+    assert first_good is None or order.index(f"{first_good['site']}:{first_good['map']}") > \
+        order.index("features.9.conv.2:a_h"), first_good
+
+    bad_dir = tmp_path / "bad"
+    shutil.copytree(directory, bad_dir)
+    _coarsen_site(directory / "model.int8-fp32.onnx", bad_dir / "model.int8-fp32.onnx",
+                  target["tensor"], 1 / 64)
+    bad = evaluate_maps(bad_dir, x, {"source": "verification", "count": 8})
+    drift = bad.first_drift("int8-fp32")
+    assert drift is not None and drift["site"] == "features.9.conv.2", drift
+    r = drift["results"]["onnxruntime"]["int8-fp32"]
+    print(f"\n[maps] bad scale at features.9.conv.2: correlation {r['correlation']:.4f}, "
+          f"cosine {r['cosine']:.4f}, max abs {r['max_abs']:.3g}")
+    # the export job's failure message takes the same path
+    found = drifting_site(bad_dir / "model.int8-fp32.onnx", index, exp.card().module, x,
+                          "int8-fp32")
+    note = drift_note(found, "int8-fp32")
+    assert found["site"] == "features.9.conv.2" and "features.9.conv.2 (CoordAtt)" in note
+    assert "deploy-attn maps" in note
+    intact = drifting_site(directory / "model.int8-fp32.onnx", index, exp.card().module, x,
+                           "int8-fp32")
+    assert (intact and intact["site"]) == (first_good and first_good["site"])
+
+
+def test_report_shows_the_maps_section(digits_export, tmp_path):
+    from deploy_attn.pipeline.report import write_report
+
+    directory, test_images = digits_export
+    maps_job(directory, calib_dir=test_images, count=2)
+    md, page = write_report([str(directory)], tmp_path, tmp_path)
+    text = md.read_text()
+    assert "### Attention maps" in text and "features.2.conv.2" in text
+    shown = sorted(tmp_path.glob("maps-*.png"))
+    assert 1 <= len(shown) <= 6 and all(_png_ok(p) for p in shown)
+    assert "data:image/png;base64" in page.read_text()
