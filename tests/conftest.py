@@ -1,14 +1,32 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 import deploy_attn
 from deploy_attn import export
+from deploy_attn.pipeline.artifacts import STAGING_PREFIX
 
 ATTENTION_NAMES = deploy_attn.list_models(kind="attention")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# a file name that looks like a deployable artifact (or its report / reference outputs)
+ARTIFACT = re.compile(r"^(model.*\.(onnx|engine|ort|xml|bin)|report\.json|"
+                      r"reference\.safetensors)$")
+
+
+def snapshot(directory: Path, staging: bool = True) -> dict[str, bytes]:
+    """Every path under ``directory`` with its bytes (folders as a marker), {} when it does
+    not exist; ``staging=False`` leaves out what lies in a run's staging folder."""
+    if not directory.exists():
+        return {}
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if staging or not any(part.startswith(STAGING_PREFIX) for part in rel.parts):
+            out[str(rel)] = p.read_bytes() if p.is_file() else b"<dir>"
+    return out
 
 
 def _trt_missing() -> str | None:

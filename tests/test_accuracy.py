@@ -3,7 +3,6 @@ and bad input (one line, non-zero exit, nothing written)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from deploy_attn import cli
 from deploy_attn.pipeline import accuracy
 from deploy_attn.pipeline.accuracy import ACCURACY_FILE, Dataset, Predictions, compare_forms
 
-RNG = np.random.default_rng(0)
 SIZE = 16
 
 
@@ -35,7 +33,7 @@ def exports(tmp_path_factory):
                              input_size=(SIZE, SIZE), precisions=("fp16",), calib_count=4,
                              task="segmentation")  # 3 classes from 3 channels: say so
     feat = deploy_attn.export("se", out_dir=root / "feat")
-    return root, cls.directory, seg.directory, feat.directory
+    return cls.directory, seg.directory, feat.directory
 
 
 def _image_folder(root, classes=5, per_class=4, empty=None):
@@ -60,7 +58,7 @@ def _seg_folder(root, n=6, bad_value=None):
 
 
 def test_classification_through_the_cli_and_the_report(exports, tmp_path, capfd):
-    _, cls, _, _ = exports
+    cls, _, _ = exports
     data = _image_folder(tmp_path / "data")
     code = cli.main(["accuracy", str(cls), "--dataset", str(data), "--max-drop", "100"])
     captured = capfd.readouterr()
@@ -82,7 +80,7 @@ def test_classification_through_the_cli_and_the_report(exports, tmp_path, capfd)
 
 
 def test_labels_csv_and_names(exports, tmp_path):
-    _, cls, _, _ = exports
+    cls, _, _ = exports
     data = tmp_path / "csv"
     data.mkdir()
     rows = ["file,label"]
@@ -97,7 +95,7 @@ def test_labels_csv_and_names(exports, tmp_path):
 
 
 def test_segmentation_miou(exports, tmp_path):
-    _, _, seg, _ = exports
+    _, seg, _ = exports
     result = accuracy.evaluate(seg, _seg_folder(tmp_path / "seg"), save=False)
     forms = {f["form"]: f for f in result.forms}
     assert set(forms["pytorch"]["metrics"]) == {"pixel_accuracy", "miou"}
@@ -127,7 +125,7 @@ def test_statistics_on_known_predictions():
 
 
 def test_a_drop_beyond_max_drop_exits_1(exports, tmp_path, capfd, monkeypatch):
-    _, cls, _, _ = exports
+    cls, _, _ = exports
     real = accuracy.compare_forms
 
     def worse(*args, **kwargs):
@@ -143,7 +141,7 @@ def test_a_drop_beyond_max_drop_exits_1(exports, tmp_path, capfd, monkeypatch):
                                   "unreadable", "mask-values", "no-masks", "features",
                                   "unknown-precision"])
 def test_bad_datasets_are_one_line(exports, tmp_path, capfd, case):
-    root, cls, seg, feat = exports
+    cls, seg, feat = exports
     target, data = cls, tmp_path / "data"
     message = {"missing": "dataset folder does not exist", "no-layout": "no class subfolders",
                "empty-class": "hold no", "fewer": "4 class folders", "more": "6 class folders",
@@ -180,4 +178,3 @@ def test_bad_datasets_are_one_line(exports, tmp_path, capfd, case):
     assert message in err[-1], err[-1]
     assert "Traceback" not in "\n".join(err)
     assert sorted(p.name for p in target.iterdir()) == before  # nothing written
-    shutil.rmtree(data, ignore_errors=True)

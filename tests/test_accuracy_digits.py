@@ -21,15 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("sklearn", reason="scikit-learn provides the digits")
-
-from deploy_attn import cli, open_export  # noqa: E402
-from deploy_attn.datasets import TrainConfig, digits, train  # noqa: E402
-from deploy_attn.models import create_model  # noqa: E402
-from deploy_attn.pipeline.accuracy import (ACCURACY_FILE, dataset_arrays, evaluate,  # noqa: E402
-                                           load_dataset)
-from deploy_attn.pipeline.parity import torch_outputs  # noqa: E402
-from deploy_attn.sources import default_preprocess  # noqa: E402
+from deploy_attn import cli, open_export
+from deploy_attn.datasets import TrainConfig, digits, train
+from deploy_attn.models import create_model
+from deploy_attn.pipeline.accuracy import ACCURACY_FILE, dataset_arrays, evaluate, load_dataset
+from deploy_attn.pipeline.parity import torch_outputs
+from deploy_attn.sources import default_preprocess
 
 SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest input all take
 SEED = 0
@@ -144,10 +141,10 @@ def test_digit_images_are_what_the_pipeline_reads(digit_sets):
         x, masks = dataset_arrays(seg, PRE)
         stroke = x[:, 0] > 0.0  # pixel / 255 > 0.5 under the mean 0.5, std 0.5 preprocessing
         np.testing.assert_array_equal(masks > 0, stroke)
-    label_of = {p.name: int(p.parent.name) for p in load_dataset(
-        digit_sets["test"].folder, "classifier", 10).images}
-    _, masks = dataset_arrays(load_dataset(digit_sets["test"].seg, "segmentation", 11), PRE)
-    names = [p.name for p in load_dataset(digit_sets["test"].seg, "segmentation", 11).images]
+    # the last split read is the test split: its masks label each digit's own class
+    label_of = {p.name: int(p.parent.name) for p in dataset.images}
+    names = [p.name for p in seg.images]
+    assert len(names) == 540
     assert all(set(np.unique(m)) <= {0, label_of[n] + 1} for m, n in zip(masks, names))
 
 
@@ -186,8 +183,9 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     assert set(forms) == {"pytorch", "fp32", "fp16", "int8-fp32", "int8"}, forms
     metric = "miou" if case.segment else "top1"
     figures = {k: round(f["metrics"][metric], 2) for k, f in forms.items()}
+    drops = [(k, round(f["drop"], 2), f["drop_ci95"]) for k, f in forms.items() if k != "pytorch"]
     print(f"[digits] {case.name} {metric} on {result['dataset']['images']} test images: "
-          f"{figures}; drops {[(k, round(f['drop'], 2), f['drop_ci95']) for k, f in forms.items() if k != 'pytorch']}")
+          f"{figures}; drops {drops}")
 
     independent = _independent_metric(case, exported, digit_sets)
     assert abs(forms["pytorch"]["metrics"][metric] - independent) < 1e-6, (independent, figures)
@@ -205,9 +203,11 @@ def test_digits_ort_format_files_compute_as_their_onnx(case, exported):
     scale quotient overflows FP16): the converter must leave it out, so the INT8 + FP16
     ORT-format file keeps the ONNX file's cosine."""
     report = json.loads((exported / "report.json").read_text())
-    for precision, entry in report["targets"]["ort"].items():
+    ort = report["targets"]["ort"]
+    assert set(ort) == {"fp32", "fp16", "int8-fp32", "int8"}, sorted(ort)
+    for precision, entry in ort.items():
         cosine = entry["results"][0]["cosine"]
-        onnx_cosine = report["precisions"].get(precision, {}).get("results", [{}])[0].get(
-            "cosine", cosine)
+        onnx = report["parity"]["fp32"] if precision == "fp32" else report["precisions"][precision]
+        onnx_cosine = onnx["results"][0]["cosine"]
         assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-4, (precision, cosine,
                                                                    onnx_cosine)

@@ -12,6 +12,8 @@ from deploy_attn.pipeline import job
 from deploy_attn.pipeline.artifacts import STAGING_PREFIX, atomic_path
 from deploy_attn.pipeline.parity import ParityResult
 
+from .conftest import snapshot
+
 
 def run_cli(capsys, *argv):
     code = cli.main(list(argv))
@@ -58,21 +60,15 @@ def test_export_writes_model_and_report(capsys, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)] == []
 
 
-def _snapshot(directory):
-    """Every file under ``directory`` with its bytes."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file()}
-
-
 def test_parity_failure_leaves_the_earlier_export_as_it_was(monkeypatch, tmp_path):
     export("se", out_dir=tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     bad = ParityResult(1, 0.5, 0.5, 0.9, True, False)
     monkeypatch.setattr(job, "check_onnx", lambda *a, **k: ([bad], job.FP32, 0.0))
     with pytest.raises(ParityError, match="se: ONNX Runtime FP32 output differs.*keeps its "
                                           "earlier export unchanged.*export-failed.json"):
         export("se", out_dir=tmp_path, seed=7)
-    after = _snapshot(tmp_path)
+    after = snapshot(tmp_path)
     failed = json.loads(after.pop(job.FAILED_REPORT))
     assert after == before and failed["status"] == "failed"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]

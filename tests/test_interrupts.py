@@ -3,7 +3,6 @@ the earlier export stays byte for byte, nothing that looks like an artifact is l
 the next run removes what a killed one left."""
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -16,15 +15,11 @@ import pytest
 import deploy_attn
 from deploy_attn.pipeline.artifacts import STAGING_PREFIX
 
+from .conftest import ARTIFACT, snapshot
+
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACT = re.compile(r"^(model.*\.(onnx|engine)|report\.json)$")
 EXPORT = ["export", "mobilenetv2_ca", "--input-size", "128", "128", "--precision", "fp16,int8",
           "--calib-count", "8"]
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and STAGING_PREFIX not in str(p.relative_to(directory))}
 
 
 def interrupt_at(stage: str, sig: signal.Signals, out: Path, delay: float):
@@ -67,7 +62,7 @@ def test_interrupted_export(good, tmp_path, stage, sig, delay, over_good):
     out = tmp_path / "out"
     if over_good:
         shutil.copytree(good, out)
-    before = snapshot(out) if over_good else {}
+    before = snapshot(out, staging=False) if over_good else {}
     code, err = interrupt_at(stage, sig, out, delay)
     last = err.strip().splitlines()[-1]
     if sig == signal.SIGINT:
@@ -76,7 +71,7 @@ def test_interrupted_export(good, tmp_path, stage, sig, delay, over_good):
         assert code == 143 and last.startswith("deploy-attn: terminated"), err
     assert "Traceback" not in err and "\x1b" not in err and "error" not in last, err
     if over_good:
-        assert snapshot(out) == before, "the earlier export changed"
+        assert snapshot(out, staging=False) == before, "the earlier export changed"
     else:
         assert not [p for p in out.rglob("*") if ARTIFACT.match(p.name)], list(out.rglob("*"))
     assert not list(out.glob(STAGING_PREFIX + "*")), "staging left behind"
@@ -85,10 +80,10 @@ def test_interrupted_export(good, tmp_path, stage, sig, delay, over_good):
 def test_killed_export_leaves_the_good_one_and_the_next_run_cleans_up(good, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(good, out)
-    before = snapshot(out)
+    before = snapshot(out, staging=False)
     code, _ = interrupt_at("int8: calibrate", signal.SIGKILL, out, 0.3)
     assert code == -signal.SIGKILL
-    assert snapshot(out) == before
+    assert snapshot(out, staging=False) == before
     assert list(out.glob(STAGING_PREFIX + "*")), "SIGKILL cannot clean up: staging expected"
     # the next run into the folder (here one that fails at once) removes the debris
     proc = subprocess.run([sys.executable, "-m", "deploy_attn.cli", *EXPORT, "--calib-dir",
@@ -96,6 +91,6 @@ def test_killed_export_leaves_the_good_one_and_the_next_run_cleans_up(good, tmp_
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 1 and "calibration folder does not exist" in proc.stderr
     assert not list(out.glob(STAGING_PREFIX + "*"))
-    after = snapshot(out)
+    after = snapshot(out, staging=False)
     after.pop("export-failed.json")
     assert after == before

@@ -59,12 +59,8 @@ def test_convs_tensorrt_quantizes_well_are_kept():
 
 
 def _gemm_model(batch: int, out: int = 32) -> onnx.ModelProto:
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, [batch, 64])],
-                              [helper.make_tensor_value_info("y", FLOAT, None)],
-                              [_w("w", out, 64)])
-    return onnx.shape_inference.infer_shapes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    return _model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)],
+                  [_w("w", out, 64)], (batch, 64))
 
 
 def test_batch1_matrix_vector_gemm_stays_unquantized():

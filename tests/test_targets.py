@@ -134,7 +134,9 @@ def test_a_target_outside_tolerance_is_recorded_and_not_written(tmp_path, monkey
     monkeypatch.setattr(targets, "run_target", wrong_fp16)
     code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--precision", "fp16",
                            "--format", "ort")
-    assert code == 1 and len(err.strip().splitlines()[-1:]) == 1
+    lines = err.strip().splitlines()
+    assert code == 1 and lines[-1].startswith("deploy-attn: error: se: "), err
+    assert [line for line in lines if "error" in line] == lines[-1:], err  # one error line
     assert re.search(r"the ort form of model\.fp16\.onnx: vs PyTorch cosine -1\.0+, .*not "
                      r"written.*the ONNX files are written", err), err
     report = read_report(tmp_path)
