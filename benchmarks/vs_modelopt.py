@@ -4,8 +4,8 @@ images: max (minmax) and entropy calibration, each with an FP32 and an FP16 rema
 
     python3 benchmarks/vs_modelopt.py [--work DIR]
 
-The model is mobilenetv2_ca trained on scikit-learn's digits (1x32x32, 3 epochs, as in
-tests/test_accuracy_digits.py), exported FP32 by deploy-attn; calibration is 128
+The model is mobilenetv2_ca trained on scikit-learn's digits (1x32x32, 3 epochs, as
+examples/train_digits.py trains it), exported FP32 by deploy-attn; calibration is 128
 training PNGs, the figures are on the 540 test images: accuracy, and the cosine of the
 logits against PyTorch's. Every artifact runs in the configuration deploy-attn's checks
 trust (ONNX Runtime CPU, no graph optimisation for FP16-bearing graphs).
@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from common import REPO, footer, header, log, parser, print_table, work_dir
+from common import footer, header, log, parser, print_table, work_dir
 
 import deploy_attn
-from deploy_attn.datasets import digits
+from deploy_attn.datasets import TrainConfig, digits, train
+from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
 from deploy_attn.pipeline.calib import image_folder
 from deploy_attn.pipeline.parity import compare, ort_outputs, ort_session, torch_outputs
 from deploy_attn.pipeline.precision import (_name_nodes, fp16_remainder, quantize_int8,
@@ -38,38 +39,38 @@ from deploy_attn.pipeline.precision import (_name_nodes, fp16_remainder, quantiz
 from deploy_attn.registry import get_spec
 from deploy_attn.sources import default_preprocess
 
-sys.path.insert(0, str(REPO))
-from tests import test_accuracy_digits as digits_test  # noqa: E402
-
-NAME, SIZE, CALIB = "mobilenetv2_ca", (32, 32), 128
+NAME, SIZE, CALIB, CLASSES, SEED = "mobilenetv2_ca", (32, 32), 128, 10, 0
+RECIPE = TrainConfig(epochs=3, lr=0.05)  # examples/train_digits.py's for this model
 METHODS = {"minmax": "max", "entropy": "entropy"}  # ours -> ModelOpt's name
 
 
 def prepare(work: Path):
-    """The digits folders, the trained checkpoint and the FP32 export (cached)."""
-    case = digits_test.CASES[0].values[0]
+    """The digits ImageFolders (``train/<digit>/*.png``), the trained checkpoint and the
+    FP32 export (cached)."""
     spec = get_spec(NAME)
     pre = default_preprocess(spec.kind, spec.input_shape(1, 1, SIZE))
     if not (work / "digits" / "test").is_dir():
         log("writing the digits as PNGs")
-        digits(work / "digits", pre, seed=digits_test.SEED)
+        digits(work / "digits", pre, seed=SEED)
     sets = {s: work / "digits" / s for s in ("train", "test")}
     ckpt = work / "mobilenetv2_ca-digits.pt"
     if not ckpt.is_file():
-        log("training mobilenetv2_ca on the digits (3 epochs)")
+        log(f"training {NAME} on the digits ({RECIPE.epochs} epochs)")
+        x, y = dataset_arrays(load_dataset(sets["train"], "classifier", CLASSES), pre)
         model = deploy_attn.create_model(NAME, channels=1, input_size=SIZE,
-                                         num_classes=case.classes, seed=digits_test.SEED)
-        files = sorted(sets["train"].glob("*.png"))
-        data = digits_test.LabelledImages(
-            sets["train"], image_folder(sets["train"], pre, len(files)).inputs,
-            np.array([int(f.stem.split("_")[1]) for f in files]))
-        digits_test._train(model, case, data)
+                                         num_classes=CLASSES, seed=SEED)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small convolutions: faster and reproducible on one thread
+        try:
+            train(model, x, y, RECIPE)
+        finally:
+            torch.set_num_threads(threads)
         torch.save(model.state_dict(), ckpt)
     export = work / "export"
     if not (export / "model.onnx").is_file():
         log("exporting the FP32 graph")
         deploy_attn.export(NAME, out_dir=export, channels=1, input_size=SIZE,
-                           num_classes=case.classes, weights=ckpt)
+                           num_classes=CLASSES, weights=ckpt)
     return pre, sets, export
 
 
@@ -131,9 +132,7 @@ def main() -> None:
     pre, sets, export = prepare(work)
     src = export / "model.onnx"
     calib = image_folder(sets["train"], pre, CALIB)
-    test_files = sorted(sets["test"].glob("*.png"))
-    test = image_folder(sets["test"], pre, len(test_files)).inputs
-    labels = np.array([int(f.stem.split("_")[1]) for f in test_files])
+    test, labels = dataset_arrays(load_dataset(sets["test"], "classifier", CLASSES), pre)
     card = deploy_attn.open_export(export).card()
     ref = torch_outputs(card.module, test)
     ranges = tensor_ranges(_name_nodes(onnx.load(str(src))), calib.inputs)

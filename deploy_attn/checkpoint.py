@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .pipeline.artifacts import file_sha256
 
 StateDict = dict[str, torch.Tensor]
@@ -57,10 +57,6 @@ class LoadedCheckpoint:
 
 
 # --- reading --------------------------------------------------------------------------
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def read_file(path: Path) -> object:
     """The object a checkpoint file holds: safetensors by suffix, else torch.load with
     weights_only=True (pickled code is refused, not run)."""
@@ -74,11 +70,12 @@ def read_file(path: Path) -> object:
             return load_file(str(path), device="cpu")
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file: "
-                                  f"{_first_line(exc)}") from None
+                                  f"{first_line(exc)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        # the pickled global is named further down torch's message (colour codes stripped)
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if found and (found[1].startswith("torch.nn.modules") or _pickles_module(path)):
             raise CheckpointError(
@@ -88,8 +85,8 @@ def read_file(path: Path) -> object:
         if found:
             raise CheckpointError(f"{path}: cannot be loaded with weights_only=True: it "
                                   f"pickles {found[1]}, which could run code") from None
-        first = (text.strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True: {first}") from None
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True: "
+                              f"{first_line(exc)}") from None
 
 
 def _pickles_module(path: Path) -> bool:
@@ -163,7 +160,6 @@ class Layout:
     or returns None when the checkpoint is not in this layout."""
 
     name: str
-    origin: str
     convert: Callable[[StateDict], "StateDict | None"]
 
 
@@ -277,12 +273,11 @@ def _timm_eca(state: StateDict) -> StateDict | None:
 
 
 LAYOUTS = (
-    Layout("houqb/CoordAttention mbv2_ca.py", "github:houqb/CoordAttention", _houqb_mbv2_ca),
-    Layout("torchvision mobilenet_v2", "torchvision/models/mobilenetv2.py", _torchvision_mbv2),
-    Layout("timm SEModule (se.fc1/se.fc2)", "timm/layers/squeeze_excite.py", _timm_se),
-    Layout("torchvision SqueezeExcitation (block.N.fc1/fc2)", "torchvision/ops/misc.py",
-           _torchvision_se),
-    Layout("timm EcaModule (se.conv)", "timm/layers/eca.py", _timm_eca),
+    Layout("houqb/CoordAttention mbv2_ca.py", _houqb_mbv2_ca),
+    Layout("torchvision mobilenet_v2", _torchvision_mbv2),
+    Layout("timm SEModule (se.fc1/se.fc2)", _timm_se),
+    Layout("torchvision SqueezeExcitation (block.N.fc1/fc2)", _torchvision_se),
+    Layout("timm EcaModule (se.conv)", _timm_eca),
 )
 
 

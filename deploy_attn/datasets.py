@@ -89,6 +89,8 @@ def train(model, inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig = Tra
     import torch
     import torch.nn.functional as F
 
+    from .models import reestimate_bn
+
     x, y = torch.from_numpy(inputs), torch.from_numpy(np.asarray(targets, np.int64))
     model.to(memory_format=torch.channels_last)  # ~30% faster on CPU; 1-channel x is both
     steps = max(1, len(x) // cfg.batch)
@@ -110,23 +112,7 @@ def train(model, inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig = Tra
             loss.backward()
             opt.step()
             sched.step()
-    _precise_bn(model, x)
+    reestimate_bn(model, (x[i:i + 256] for i in range(0, len(x), 256)))
     model.to(memory_format=torch.contiguous_format)
     return model.eval()
 
-
-def _precise_bn(model, x, batch: int = 256) -> None:
-    import torch
-    import torch.nn as nn
-
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None
-        model.train()
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
-        for bn in bns:
-            bn.momentum = 0.1
-    model.eval()

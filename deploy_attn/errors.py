@@ -28,3 +28,12 @@ class ParityError(DeployAttnError):
 
 class CheckpointError(DeployAttnError):
     """A checkpoint does not load into the model."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message without terminal colour codes (a
+    third-party error quoted inside a one-line message), else the exception's type."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc)).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]

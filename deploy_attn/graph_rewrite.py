@@ -59,13 +59,13 @@ class Graph:
         self.inits = {i.name: i for i in self.graph.initializer}
         self.outputs = {o.name for o in self.graph.output}
         self._fresh = 0
-        seen: set[str] = set()
+        self.names: set[str] = set()  # every node name given out (new ones: _unique_name)
         for i, node in enumerate(self.graph.node):  # nodes are told apart by name
-            if not node.name or node.name in seen:
+            if not node.name or node.name in self.names:
                 node.name = f"{node.op_type}_{i}"
-                while node.name in seen:
+                while node.name in self.names:
                     node.name += "_"
-            seen.add(node.name)
+            self.names.add(node.name)
         self.reindex()
 
     def reindex(self) -> None:
@@ -95,9 +95,7 @@ class Graph:
             for a in node.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
-                    return np.array(helper.get_attribute_value(a))
-                if a.name in ("value_floats", "value_ints"):
+                if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
                     return np.array(helper.get_attribute_value(a))
         return None
 
@@ -174,11 +172,12 @@ def _outer_names(node: onnx.NodeProto) -> set[str]:
 
 
 def _unique_name(graph: Graph, base: str) -> str:
-    names = {n.name for n in graph.graph.node}
+    """A node name no node has had in this Graph, reserved for the caller's new node."""
     name, k = base, 0
-    while name in names:
+    while name in graph.names:
         k += 1
         name = f"{base}_{k}"
+    graph.names.add(name)
     return name
 
 
@@ -249,6 +248,14 @@ def _rewrite(g: Graph, find: Callable[[onnx.NodeProto], tuple | None],
     return len(swaps)
 
 
+def _relu6_plus_3_over_6(g: Graph, node: onnx.NodeProto
+                         ) -> tuple[str, list[onnx.NodeProto]] | None:
+    """``x`` and the nodes of ``ReLU6(x + 3) / 6`` ending at ``node`` (Div or Mul)."""
+    y = _divided_by_6(g, node)
+    inner = _relu6_plus_3(g, y, node) if y is not None else None
+    return (inner[0], [*inner[1], node]) if inner else None
+
+
 def _hard_sigmoid_of(g: Graph, name: str, reader: onnx.NodeProto
                      ) -> tuple[str, list[onnx.NodeProto]] | None:
     """``x`` and the nodes computing ``name`` = h_sigmoid(x), read by ``reader`` alone:
@@ -260,16 +267,13 @@ def _hard_sigmoid_of(g: Graph, name: str, reader: onnx.NodeProto
         attrs = {a.name: a.f for a in node.attribute}
         ok = _is(attrs.get("alpha", 0.2), 1 / 6) and _is(attrs.get("beta", 0.5), 0.5)
         return (node.input[0], [node]) if ok else None
-    y = _divided_by_6(g, node)
-    inner = _relu6_plus_3(g, y, node) if y is not None else None
-    return (inner[0], [*inner[1], node]) if inner else None
+    return _relu6_plus_3_over_6(g, node)
 
 
 def hard_sigmoid(g: Graph) -> int:
     def find(node):
-        y = _divided_by_6(g, node)
-        inner = _relu6_plus_3(g, y, node) if y is not None else None
-        return (inner[0], node.output[0], [*inner[1], node]) if inner else None
+        m = _relu6_plus_3_over_6(g, node)
+        return (m[0], node.output[0], m[1]) if m else None
 
     return _rewrite(g, find, lambda m: helper.make_node(
         "HardSigmoid", [m[0]], [m[1]], name=_unique_name(g, f"{m[1]}_hardsigmoid"),

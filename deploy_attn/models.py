@@ -1,8 +1,9 @@
 """``create_model``: a registry name -> a reference module with seeded, realistic weights."""
 from __future__ import annotations
 
+import contextlib
 import zlib
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -13,6 +14,15 @@ from .registry import ModelSpec, get_spec
 
 def _seed_for(name: str, seed: int) -> int:
     return (zlib.crc32(name.encode()) + seed) % (2**31)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's RNG seeded for the block and restored afterwards (the caller's RNG state is
+    left as it was), so a module builds with the same weights in every process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -47,8 +57,7 @@ def create_model(name: str, *, channels: int | None = None,
     """
     spec = get_spec(name)
     seed = _seed_for(name, seed)
-    with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = build(spec, channels=channels, input_size=input_size, **kwargs)
     seeded_init(model, seed, bn_stats=spec.kind != "backbone")
     if spec.kind == "backbone":
@@ -58,25 +67,38 @@ def create_model(name: str, *, channels: int | None = None,
 
 
 @torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Replace every BatchNorm layer's running statistics by their cumulative mean over
+    ``batches`` (forward passes in train mode), then restore each layer's own momentum
+    and leave the model in eval mode; the number of BatchNorm layers (0: nothing run)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    return len(bns)
+
+
+@torch.no_grad()
 def recalibrate_bn(model: nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4,
                    classifier: bool = False) -> None:
     """Re-estimate BatchNorm statistics on seeded random batches, so a network with
     generated weights has activations in realistic ranges instead of vanishing or
     exploding through depth (parity on such a network would prove nothing)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
     gen = torch.Generator().manual_seed(seed)
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches
-    model.train()
     calib = [torch.randn(shape, generator=gen) for _ in range(batches)]
-    for x in calib:
-        model(x)
-    for bn in bns:
-        bn.momentum = 0.1
-    model.eval()
+    if not reestimate_bn(model, calib):
+        return
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if classifier and head:
         _standardize_logits(model, head[-1], calib)

@@ -17,7 +17,6 @@ import ast
 import contextlib
 import copy
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -30,8 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .errors import ArtifactError, ConfigError, DeployAttnError
+from .checkpoint import EMA_ENTRIES, LoadedCheckpoint, load_checkpoint
+from .errors import ArtifactError, ConfigError, DeployAttnError, first_line
+from .models import seeded
 from .pipeline.artifacts import file_sha256
 from .pipeline.calib import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -138,27 +138,16 @@ def default_preprocess(kind: str, shape: Sequence[int],
 
 
 # --- building ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """torch's RNG seeded for the block and restored afterwards (the caller's RNG state is
-    left as it was), so a source builds the same weights in every process."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def _one_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """``Type: first line`` of a third-party exception (the type alone if it has no message)."""
+    first, kind = first_line(exc), type(exc).__name__
+    return kind if first == kind else f"{kind}: {first}"
 
 
-def _import_file(path: Path):
-    """Import a user's ``.py`` file as a module (not as ``__main__``: its ``if __name__
-    == '__main__'`` block does not run), once per content."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such Python file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    name = f"deploy_attn_user.{path.stem}_{digest}"
+def _import_file(path: Path, digest: str):
+    """Import a user's ``.py`` file (whose sha256 is ``digest``) as a module (not as
+    ``__main__``: its ``if __name__ == '__main__'`` block does not run), once per content."""
+    name = f"deploy_attn_user.{path.stem}_{digest[:12]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -212,9 +201,12 @@ def resolve_callable(target: str) -> tuple[Callable[..., Any], dict]:
         raise ConfigError(f"'{target}': expected FILE.py:CALLABLE or package.module:CALLABLE")
     if where.endswith(".py"):
         path = Path(where).expanduser()
-        module = _import_file(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such Python file")
+        digest = file_sha256(path)
+        module = _import_file(path, digest)
         return _attribute(module, attr, str(path)), {
-            "file": str(path.resolve()), "file_sha256": file_sha256(path)}
+            "file": str(path.resolve()), "file_sha256": digest}
     return _attribute(_import_module(where), attr, where), {"module": where}
 
 
@@ -310,6 +302,8 @@ class SourceOptions:
             if len(size) != 2 or not all(isinstance(d, int) and d >= 1 for d in size):
                 raise ConfigError(f"input size {size} must be two positive integers (H, W)")
             object.__setattr__(self, "input_size", size)
+        if self.ema and self.weights is None:
+            raise ConfigError("--ema does nothing without --weights")
 
 
 def available_memory() -> int | None:
@@ -368,7 +362,7 @@ def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(
         args["num_classes"] = options.num_classes
     record: dict[str, Any] = {"kind": kind, "target": source, "args": args, "seed": options.seed}
     check_input_fits(_shape(options.channels, options.input_size, USER_CHANNELS, USER_INPUT_SIZE))
-    with _seeded(options.seed):
+    with seeded(options.seed):
         if kind in HUBS:
             model, record["version"] = _hub_model(kind, source.partition(":")[2], args)
             default = f"{kind}-{source.partition(':')[2]}"
@@ -396,7 +390,7 @@ def _registry_card(name: str, options: SourceOptions, display: str | None) -> Mo
         model = create_model(name, channels=options.channels, input_size=options.input_size,
                              seed=options.seed, **extra)
     else:  # the checkpoint replaces every weight: no seeded init, no BN re-estimation
-        with _seeded(options.seed):
+        with seeded(options.seed):
             model = build(spec, channels=options.channels, input_size=options.input_size,
                           **extra).eval()
     record = {"kind": "registry", "name": name, "seed": options.seed,
@@ -413,15 +407,17 @@ def _registry_card(name: str, options: SourceOptions, display: str | None) -> Mo
 def _finish(model: nn.Module, name: str, record: dict, options: SourceOptions, kind: str,
             paper: str, shape: tuple[int, ...] | None = None) -> ModelCard:
     shape = shape or _shape(options.channels, options.input_size, USER_CHANNELS, USER_INPUT_SIZE)
-    weights = None
-    if options.weights is not None:
+    what = record.get("target") or name
+    if options.weights is not None:  # load_checkpoint rejects NaN/Inf, naming the file
         weights = load_checkpoint(model, options.weights, options.ema)
-    bad = [k for k, v in model.state_dict().items()
-           if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ConfigError(f"{record.get('target') or name}: {len(bad)} weight tensor(s) hold "
-                          f"NaN or Inf: {', '.join(bad[:3])}")
-    task = options.task or _infer_task(model, shape, record.get("target", name))
+    else:
+        weights = None
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise ConfigError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf: "
+                              f"{', '.join(bad[:3])}")
+    task = options.task or _infer_task(model, shape, what)
     return ModelCard(model.eval(), name, tuple(shape), task,
                      default_preprocess(kind, shape, options.mean, options.std), record, kind,
                      paper, weights)
@@ -508,7 +504,7 @@ def rebuild(record: Mapping[str, Any], input_shape: Sequence[int], directory: Pa
     options = SourceOptions(
         model_args=source.get("args") or {}, seed=source.get("seed", 0),
         weights=Path(weights["path"]) if weights else None,
-        ema=(weights or {}).get("entry") in ("state_dict_ema", "model_ema") or None,
+        ema=(weights or {}).get("entry") in EMA_ENTRIES or None,
         task=record.get("task"), channels=shape[1], input_size=(shape[2], shape[3]),
         mean=tuple(pre["mean"]) if pre else None, std=tuple(pre["std"]) if pre else None)
     if kind == "registry":
@@ -547,7 +543,7 @@ def _rebuild_object(source: Mapping[str, Any], options: SourceOptions, directory
     state = Path(directory) / source.get("state", REFERENCE_STATE)
     _check_hash(state, source.get("state_sha256"), "the reference weights")
     fn, _ = resolve_callable(source["target"])
-    with _seeded(0):
+    with seeded(0):
         model = _call(fn, source.get("args") or {}, source["target"])
     from safetensors.torch import load_model
 

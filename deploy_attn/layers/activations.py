@@ -1,8 +1,9 @@
 """Hard activations as the Coordinate Attention / MobileNetV3 code writes them.
 
 The reference forms below are the papers' ``ReLU6(x + 3) / 6``; they export as Add, Clip,
-Div. ``deploy_attn.rewrite`` swaps them for ``nn.Hardsigmoid`` / ``nn.Hardswish``, which
-export as single HardSigmoid / HardSwish ops (alpha 1/6, beta 0.5): the same function.
+Div. The graph passes (``deploy_attn.graph_rewrite``: ``hard_sigmoid``, ``hard_swish``)
+fuse those into single HardSigmoid / HardSwish ops (alpha 1/6, beta 0.5): the same
+function, found in any model's export.
 """
 from __future__ import annotations
 
