@@ -11,18 +11,19 @@ over images (seeded).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
-import sys
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError
 from .artifacts import directory_lock, write_json
-from .calib import IMAGE_SUFFIXES, Preprocess, _load_image
+from .calib import IMAGE_SUFFIXES, Preprocess, _load_image, image_files
 
 ACCURACY_FILE = "accuracy.json"
 MAX_DROP = {"fp32": 0.1, "fp16": 0.1, "int8": 1.0, "int8-fp32": 1.0, "int8-cpu": 1.0}  # points
@@ -48,10 +49,6 @@ class Dataset:
                 "ignore_index": self.ignore_index}
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_dataset(path: str | Path, task: str, num_classes: int,
                  ignore_index: int | None = None) -> Dataset:
     """The labelled images at ``path`` for a model of ``task`` with ``num_classes``
@@ -70,7 +67,7 @@ def load_dataset(path: str | Path, task: str, num_classes: int,
     if not folders:
         raise ArtifactError(f"{root}: no class subfolders (ImageFolder layout) and no "
                             "labels.csv")
-    empty = [d.name for d in folders if not _image_files(d)]
+    empty = [d.name for d in folders if not image_files(d)]
     if empty:
         raise ArtifactError(f"{root}: class folder(s) {', '.join(empty[:3])} hold no "
                             f"{'/'.join(IMAGE_SUFFIXES)} images")
@@ -80,7 +77,7 @@ def load_dataset(path: str | Path, task: str, num_classes: int,
                           f"than the model's {num_classes} classes")
     images, labels = [], []
     for k, d in enumerate(folders):
-        files = _image_files(d)
+        files = image_files(d)
         images += files
         labels += [k] * len(files)
     return Dataset(root, "classification", images, [d.name for d in folders],
@@ -129,10 +126,10 @@ def _segmentation(root: Path, num_classes: int, ignore_index: int | None) -> Dat
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise ArtifactError(f"{root}: a segmentation dataset needs images/ and masks/ folders")
-    images = _image_files(images_dir)
+    images = image_files(images_dir)
     if not images:
         raise ArtifactError(f"{images_dir}: no {'/'.join(IMAGE_SUFFIXES)} images")
-    masks = {p.stem: p for p in _image_files(masks_dir)}
+    masks = {p.stem: p for p in image_files(masks_dir)}
     unmatched = [p.name for p in images if p.stem not in masks]
     if unmatched:
         raise ArtifactError(f"{masks_dir}: no mask for {len(unmatched)} image(s), e.g. "
@@ -164,10 +161,14 @@ def load_mask(path: Path, size: tuple[int, int], num_classes: int,
     return mask
 
 
+def _inputs(dataset: Dataset, pre: Preprocess) -> np.ndarray:
+    return np.stack([_load_image(p, pre) for p in dataset.images]).astype(np.float32)
+
+
 def dataset_arrays(dataset: Dataset, pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     """The dataset as the pipeline reads it: inputs [N, C, H, W] (preprocessed as the
     export records) and targets (class per image, or a class per pixel)."""
-    inputs = np.stack([_load_image(p, pre) for p in dataset.images]).astype(np.float32)
+    inputs = _inputs(dataset, pre)
     if dataset.kind == "classification":
         return inputs, dataset.labels
     return inputs, np.stack([load_mask(m, pre.size, len(dataset.classes), dataset.ignore_index)
@@ -210,6 +211,17 @@ def _classification(logits: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
+def _metrics(preds: Predictions, dataset: Dataset) -> dict[str, float]:
+    """A form's metrics in %: top-1 (and top-5 from 5 classes), or pixel accuracy and mIoU."""
+    if dataset.kind == "classification":
+        metrics = _classification(np.concatenate(preds.logits), dataset.labels)
+    else:
+        cm = np.stack(preds.confusion).sum(0)
+        metrics = {"pixel_accuracy": 100.0 * np.trace(cm) / max(cm.sum(), 1),
+                   "miou": _miou(cm)[0]}
+    return {m: float(v) for m, v in metrics.items()}
+
+
 def _per_class(correct: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return np.array([100.0 * correct[labels == c].mean() if (labels == c).any() else np.nan
                      for c in range(k)])
@@ -227,7 +239,6 @@ def compare_forms(reference: Predictions, form: Predictions, dataset: Dataset,
     if dataset.kind == "classification":
         labels = dataset.labels
         ref, test = np.concatenate(reference.logits), np.concatenate(form.logits)
-        metrics = _classification(test, labels)
         ref_ok, ok = ref.argmax(1) == labels, test.argmax(1) == labels
         agreement = 100.0 * float((ref.argmax(1) == test.argmax(1)).mean())
         idx = rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))
@@ -241,8 +252,6 @@ def compare_forms(reference: Predictions, form: Predictions, dataset: Dataset,
         cm_ref, cm = np.stack(reference.confusion), np.stack(form.confusion)
         miou_ref, iou_ref = _miou(cm_ref.sum(0))
         miou, iou = _miou(cm.sum(0))
-        metrics = {"pixel_accuracy": 100.0 * np.trace(cm.sum(0)) / max(cm.sum(), 1),
-                   "miou": miou}
         same = sum(int((a == b).sum()) for a, b in zip(reference.pixels, form.pixels))
         agreement = 100.0 * same / sum(p.size for p in form.pixels)
         idx = rng.integers(0, len(cm), (BOOTSTRAP, len(cm)))
@@ -250,7 +259,7 @@ def compare_forms(reference: Predictions, form: Predictions, dataset: Dataset,
         p_value, drop, per_class, metric = None, miou_ref - miou, iou_ref - iou, "miou"
     lo, hi = np.percentile(drops, [2.5, 97.5])
     order = [c for c in np.argsort(-np.nan_to_num(per_class, nan=-np.inf)) if per_class[c] > 0]
-    return {"metrics": {m: float(v) for m, v in metrics.items()}, "metric": metric,
+    return {"metrics": _metrics(form, dataset), "metric": metric,
             "agreement": agreement, "drop": float(drop), "drop_ci95": [float(lo), float(hi)],
             "mcnemar_p": p_value,
             "worst_classes": [{"class": dataset.classes[c], "drop": float(per_class[c])}
@@ -258,19 +267,14 @@ def compare_forms(reference: Predictions, form: Predictions, dataset: Dataset,
 
 
 # --- running the forms -------------------------------------------------------------------
-def _batches(dataset: Dataset, pre: Preprocess, batch: int) -> Iterator[tuple[np.ndarray, list]]:
-    for i in range(0, len(dataset.images), batch):
-        files = dataset.images[i:i + batch]
-        yield np.stack([_load_image(p, pre) for p in files]).astype(np.float32), \
-            list(range(i, i + len(files)))
-
-
-def _predict(run: Callable[[np.ndarray], np.ndarray], dataset: Dataset, pre: Preprocess,
+def _predict(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, dataset: Dataset,
              batch: int, masks: list[np.ndarray] | None, tick: Callable[[int], None]
              ) -> Predictions:
+    """What ``run`` predicts for the dataset's ``inputs`` (preprocessed), ``batch`` at a time."""
     out = Predictions()
     k = len(dataset.classes)
-    for x, idx in _batches(dataset, pre, batch):
+    for start in range(0, len(inputs), batch):
+        x = inputs[start:start + batch]
         y = run(x)
         if dataset.kind == "classification":
             if y.ndim != 2 or y.shape[1] != k:
@@ -279,11 +283,11 @@ def _predict(run: Callable[[np.ndarray], np.ndarray], dataset: Dataset, pre: Pre
         else:
             if y.ndim != 4 or y.shape[1] != k:
                 raise ArtifactError(f"the model outputs {list(y.shape)}, not [N, {k}, H, W]")
-            for j, i in enumerate(idx):
+            for j in range(len(x)):
                 pred = y[j].argmax(0).astype(np.int16)
                 out.pixels.append(pred)
-                out.confusion.append(_confusion(pred, masks[i], k, dataset.ignore_index))
-        tick(len(idx))
+                out.confusion.append(_confusion(pred, masks[start + j], k, dataset.ignore_index))
+        tick(len(x))
     return out
 
 
@@ -338,11 +342,10 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
     then every ONNX artifact (in the runtime configuration the checks trust) and every
     TensorRT engine (skipped with the reason where TensorRT cannot run). ``max_drop``
     replaces the per-precision defaults (MAX_DROP)."""
-    from tqdm import tqdm
-
+    from .bench import progress_bar
     from .engine import TensorRTUnavailable, engine_path_for, require_tensorrt
     from .job import open_export
-    from .parity import ort_batches, ort_session, torch_outputs
+    from .parity import ort_outputs, ort_session, torch_outputs
 
     if batch < 1:
         raise ConfigError(f"--batch {batch} must be >= 1")
@@ -365,49 +368,47 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
     if dataset.kind == "segmentation":
         masks = [load_mask(m, pre.size, len(dataset.classes), ignore_index)
                  for m in dataset.masks]
-    for p in dataset.images[:1]:  # fail on a wrong channel count before the long run
-        _load_image(p, pre)
+    # every form reads the same inputs: decoded once (a wrong channel count fails here,
+    # before the long run)
+    inputs = _inputs(dataset, pre)
 
     engines = exp.report.get("engines", {})
-    forms: list[tuple[str, str | None, Callable | None, str | None]] = [
-        ("pytorch", None, lambda x: torch_outputs(card.module, x), None)]
+    # (form, artifact, the runner to enter (None: skipped), why skipped)
+    forms: list[tuple[str, str | None, ContextManager[Callable] | None, str | None]] = [
+        ("pytorch", None, contextlib.nullcontext(lambda x: torch_outputs(card.module, x)),
+         None)]
     static = exp.report["input_shape"][0] if not exp.cfg.dynamic_batch else None
     for p in wanted:
-        path = Path(directory) / files[p]
-        forms.append((p, files[p], _onnx_runner(ort_session(path, verify=True), ort_batches),
-                      None))
+        # partial, not a lambda: each form keeps its own session
+        run = functools.partial(ort_outputs, ort_session(Path(directory) / files[p], verify=True))
+        forms.append((p, files[p], contextlib.nullcontext(run), None))
     for p in engines:
         if precisions is not None and p not in precisions:
             continue
         try:
             require_tensorrt(exp.name, p)
             forms.append((f"trt-{p}", engine_path_for(directory, p).name,
-                          _engine_runner(engine_path_for(directory, p)), None))
+                          _engine_runner(engine_path_for(directory, p), inputs[:1]), None))
         except TensorRTUnavailable as exc:
             forms.append((f"trt-{p}", engines[p].get("file"), None, str(exc)))
     step = static or batch
     total = len(dataset.images) * sum(1 for f in forms if f[2] is not None)
-    bar = tqdm(total=total, desc=f"accuracy {exp.name}", unit="img", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total, f"accuracy {exp.name}", unit="img", disable=not progress)
     results, reference = [], None
     try:
-        for form, artifact, run, reason in forms:
-            if run is None:
+        for form, artifact, runner, reason in forms:
+            if runner is None:
                 results.append({"form": form, "artifact": artifact, "status": "skipped",
                                 "reason": reason})
                 continue
             bar.set_postfix_str(form)
-            preds = _predict(run, dataset, pre, batch if form == "pytorch" else step, masks,
-                             bar.update)
+            with runner as run:
+                preds = _predict(run, inputs, dataset, batch if form == "pytorch" else step,
+                                 masks, bar.update)
             if reference is None:
                 reference = preds
-                metrics = (_classification(np.concatenate(preds.logits), dataset.labels)
-                           if dataset.kind == "classification" else
-                           {"pixel_accuracy": 100.0 * np.trace(np.stack(preds.confusion).sum(0))
-                            / max(np.stack(preds.confusion).sum(), 1),
-                            "miou": _miou(np.stack(preds.confusion).sum(0))[0]})
                 results.append({"form": form, "artifact": None, "status": "ok",
-                                "metrics": {m: float(v) for m, v in metrics.items()}})
+                                "metrics": _metrics(preds, dataset)})
                 continue
             entry = compare_forms(reference, preds, dataset)
             precision = form.removeprefix("trt-")
@@ -425,12 +426,15 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
     return result
 
 
-def _onnx_runner(session, ort_batches) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: np.concatenate([outs[0] for outs in ort_batches(session, x)])
+@contextlib.contextmanager
+def _engine_runner(engine_path: Path, sample: np.ndarray
+                   ) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """The engine, loaded once for every batch and run one image at a time, after the
+    checks engine_outputs makes (its sidecar; ``sample``, one image, against its profile)."""
+    from .engine import _check_inputs, check_sidecar, current_environment, engine_runner
 
-
-def _engine_runner(engine_path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from .engine import engine_outputs
-
-    return lambda x: np.concatenate(engine_outputs(engine_path, [x[i:i + 1]
-                                                                for i in range(len(x))]))
+    _check_inputs(check_sidecar(engine_path, current_environment(precision=None)), [sample])
+    with engine_runner(engine_path) as run:
+        # the runner reuses its host buffers between calls: copy each output
+        yield lambda x: np.concatenate([np.array(next(iter(run(x[i:i + 1]).values())), copy=True)
+                                        for i in range(len(x))])

@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def _shared_mode() -> int:
+    """The mode of a file created under the process's umask (0666 minus it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block
@@ -21,9 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; artifacts are shared files
+        os.chmod(tmp_path, _shared_mode())  # mkstemp creates 0600; artifacts are shared files
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -44,6 +49,16 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; ArtifactError (one line) when it cannot be read or parsed."""
+    from ..errors import ArtifactError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({type(exc).__name__})") from None
 
 
 def library_versions() -> dict[str, str]:
@@ -92,8 +107,6 @@ def staging_dir(directory: Path) -> Iterator[Path]:
     """A fresh staging folder inside ``directory`` (same filesystem: publishing is a
     rename), removed afterwards. Call it under directory_lock: staging folders left by
     runs that were killed are removed first, since no other run can be writing."""
-    import shutil
-
     for stale in directory.glob(STAGING_PREFIX + "*"):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
@@ -129,14 +142,13 @@ def publish(staged: Path, directory: Path, files: list[str], report: str,
     from ..errors import ArtifactError
 
     keep = set(files) | {report}
+    mode = _shared_mode()
     for name in files + [report]:
         target = directory / name
         if target.exists() and not target.is_file():
             raise ArtifactError(f"{target} is not a file (a folder?); remove it or choose "
                                 "another -o")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged / name, 0o666 & ~umask)  # shared artifacts, as atomic_path writes
+        os.chmod(staged / name, mode)  # shared artifacts, as atomic_path writes
     stale = [p for p in directory.iterdir() if p.name not in keep and owned(p.name)
              and (p.is_file() or p.is_dir() and not p.is_symlink())]
     with signals_deferred():

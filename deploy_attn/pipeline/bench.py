@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError, DeployAttnError, ParityError
 from ..registry import get_spec
-from .artifacts import library_versions, write_json
+from .artifacts import library_versions, read_json, write_json
 from .parity import seeded_inputs
 from .progress import Progress, silent, to_stderr
 
@@ -157,13 +157,6 @@ def ort_options(threads: int) -> dict:
             "inter_op_num_threads": opts.inter_op_num_threads,
             "execution_mode": opts.execution_mode.name,
             "allow_spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
-
-
-def ov_options(threads: int) -> dict:
-    """The OpenVINO CPU settings every OpenVINO backend compiles with (targets.ov_compile)."""
-    from .targets import ov_config
-
-    return ov_config(threads)
 
 
 def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
@@ -304,13 +297,14 @@ def settings_line(result: dict) -> str:
 
 
 # --- progress -------------------------------------------------------------------------
-def progress_bar(total: int, label: str, stream=None):
-    """The bar every long command draws (tqdm on stderr): ``update(1)`` per step,
-    ``set_postfix_str(note)`` for what runs now."""
+def progress_bar(total: int, label: str, stream=None, unit: str = "run",
+                 disable: bool = False):
+    """The bar every long command draws (tqdm on stderr): ``update(n)`` per ``n`` steps
+    (``unit``s), ``set_postfix_str(note)`` for what runs now; ``disable`` draws nothing."""
     from tqdm import tqdm
 
-    return tqdm(total=max(total, 1), desc=label, file=stream or sys.stderr, unit="run",
-                dynamic_ncols=True, mininterval=0.1)
+    return tqdm(total=max(total, 1), desc=label, file=stream or sys.stderr, unit=unit,
+                dynamic_ncols=True, mininterval=0.1, disable=disable)
 
 
 # --- the stage ------------------------------------------------------------------------
@@ -377,15 +371,21 @@ def ensure_artifacts(precisions: Sequence[str], batch: int, directory: Path,
 
         fresh = (load_source(directory.name), ExportConfig(dynamic_batch=batch > 1))
 
+    tried = None  # the failure report of a run here: what it could not add (export intact)
+
     def available() -> set[str]:
-        files = (report or {}).get("files", {})
+        files = (report or tried or {}).get("files", {})
         return {p for p, f in files.items() if (directory / f).is_file()}
 
+    def unavailable() -> dict[str, str]:
+        reasons = {**_failed(report, report_path), **_failed(tried, failed)}
+        return {p: r for p, r in reasons.items() if p in precisions}
+
     while True:
-        reasons = {p: r for p, r in _failed(report, failed).items() if p in precisions}
+        reasons = unavailable()
         missing = [p for p in precisions if p not in available() and p not in reasons]
         if not missing:
-            return report, reasons
+            return report or tried, reasons
         say(f"export {directory.name} -> {directory}: {', '.join(missing)} missing")
         before = (available(), set(reasons))
         try:
@@ -395,12 +395,8 @@ def ensure_artifacts(precisions: Sequence[str], batch: int, directory: Path,
         except ArtifactError:
             _unless_rejected(directory)
         report = read_report(directory) if report_path.is_file() else None
-        if failed.is_file():  # what the last run could not add (the export stays intact)
-            tried = _read_json(failed)
-            report = {**(report or tried), "precisions": {
-                **(report or {}).get("precisions", {}), **tried.get("precisions", {})},
-                "parity": (report or tried).get("parity", {})}
-        if (available(), {p for p in _failed(report, failed) if p in precisions}) == before:
+        tried = read_json(failed) if failed.is_file() else None
+        if (available(), set(unavailable())) == before:
             raise ArtifactError(f"{directory.name}: exporting {', '.join(missing)} produced "
                                 f"nothing; see {failed if failed.is_file() else report_path}")
 
@@ -432,15 +428,6 @@ def ensure_targets(directory: Path, report: dict, wanted: dict[str, set[str]],
     except ArtifactError:
         _unless_rejected(directory)
     return read_report(directory)
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable ({type(exc).__name__})") from None
 
 
 def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1,
@@ -583,10 +570,12 @@ def _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
             save) -> BenchResult:
     import torch
 
+    from .targets import ov_config  # the settings every OpenVINO backend compiles with
+
     result = BenchResult(
         name=name, batch=batch, threads=threads, runs=runs, warmup=warmup, input_shape=shape,
         backends=list(results.values()), ort_options=ort_options(threads),
-        ov_options=ov_options(threads) if any(b.startswith("ov-") for b in results) else None,
+        ov_options=ov_config(threads) if any(b.startswith("ov-") for b in results) else None,
         torch_options={"num_threads": threads, "mode": "eager, torch.inference_mode",
                        "module": "reference (before deploy rewrites)",
                        "interop_threads": torch.get_num_interop_threads()},

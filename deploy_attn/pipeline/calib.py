@@ -73,17 +73,18 @@ def _load_image(path: Path, pre: Preprocess) -> np.ndarray:
     return (arr - mean) / std
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files (IMAGE_SUFFIXES) at the top level of ``folder``, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def image_classes(folder: Path) -> dict[str, list[Path]]:
     """The images of a folder, by class: its top level (class ""), and one subfolder per
     class as in torchvision's ImageFolder layout (``train/<class>/*.png``)."""
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: calibration folder does not exist")
-
-    def images(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-    groups = {"": images(folder)}
-    groups.update({d.name: images(d) for d in sorted(folder.iterdir()) if d.is_dir()})
+    groups = {"": image_files(folder)}
+    groups.update({d.name: image_files(d) for d in sorted(folder.iterdir()) if d.is_dir()})
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         raise ArtifactError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images to calibrate with "

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ..graph_rewrite import Graph
+from .trt_check import _attr
+
 MIN_CHANNELS = 16
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the weighted ops INT8 takes
 CONV = ("Conv", "ConvTranspose")
 THROUGH = ("BatchNormalization", "Relu", "LeakyRelu", "Clip")  # still fuse into the conv
 
@@ -57,13 +60,6 @@ class Placement:
                                            self.residual.items()]}}
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _small_conv(node: onnx.NodeProto, shape: list[int], graph_inputs: set[str]) -> bool:
     """ModelOpt's Conv rule on the weight ``shape`` ([OC, IC/group, kh, kw])."""
     oc, ic = shape[0], shape[1]
@@ -84,15 +80,16 @@ def _dims(value_info) -> list[int | None]:
 
 def int8_placement(model: onnx.ModelProto) -> Placement:
     """The rules of the module docstring applied to ``model`` (nodes named)."""
+    g = Graph(model)
     graph = model.graph
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {v.name: _dims(v) for v in (*inferred.value_info, *inferred.output,
                                          *inferred.input)}
     inits = {i.name: list(i.dims) for i in graph.initializer}
     graph_inputs = {i.name for i in graph.input}
-    placement = Placement([n.name for n in graph.node if n.op_type in WEIGHTED])
+    placement = Placement([n.name for n in graph.node if n.op_type in QUANTIZED_OPS])
     for node in graph.node:
-        if node.op_type not in WEIGHTED:
+        if node.op_type not in QUANTIZED_OPS:
             continue
         weight = inits.get(node.input[1]) if len(node.input) > 1 else None
         if node.op_type == "Conv" and weight is not None and len(weight) >= 3:
@@ -113,12 +110,12 @@ def int8_placement(model: onnx.ModelProto) -> Placement:
                     (len(out) < 3 and 1 in last)
                 if gemv:
                     placement.gemv.append(node.name)
-    placement.residual = _residual_adds(graph, graph_inputs | set(inits))
+    placement.residual = _residual_adds(g, graph_inputs | set(inits))
     return placement
 
 
-def _residual_adds(graph: onnx.GraphProto, constants: set[str]) -> dict[str, str]:
-    producer = {o: n for n in graph.node for o in n.output}
+def _residual_adds(g: Graph, constants: set[str]) -> dict[str, str]:
+    graph, producer = g.graph, g.producer
     constants = constants | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
     def conv_fed(t: str) -> bool:
@@ -170,8 +167,6 @@ def finish_placement(model: onnx.ModelProto, placement: Placement,
     ``classify_partially_quantized_weighted_ops``, ``remove_partial_input_qdq``).
     Weights a quantized node shares stay shared. Returns how many Adds take their
     residual input through Q/DQ."""
-    from ..graph_rewrite import Graph
-
     g = Graph(model)
     inits = {i.name for i in model.graph.initializer}
 
@@ -191,7 +186,7 @@ def finish_placement(model: onnx.ModelProto, placement: Placement,
             source = original(name)
             if source is None:
                 continue
-            if node.op_type in WEIGHTED and node.name not in keep:
+            if node.op_type in QUANTIZED_OPS and node.name not in keep:
                 node.input[k] = source
             elif residual is not None:
                 if source == residual:

@@ -17,20 +17,20 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import ConfigError
+from ..graph_rewrite import Graph
 from .artifacts import atomic_path
 from .calib import CalibData
 from .onnx_io import load_onnx, toposort
 from .parity import compare, ort_batches, ort_outputs, ort_session
+from .placement import QUANTIZED_OPS, finish_placement, int8_placement
 
 # Artifacts, in the order a job makes them: int8-fp32 before int8 (the INT8 + FP16 form is
 # derived from the FP32-remainder graph), int8-cpu last.
 PRECISIONS = ("fp32", "fp16", "int8-fp32", "int8", "int8-cpu")
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8", "int8-fp32")
-INT8_REMAINDER = {"int8": "fp16", "int8-fp32": "fp32"}  # the TensorRT INT8 forms
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
 AUTOCAST_MAX = 512.0  # NVIDIA ModelOpt AutoCast: keep a node FP32 above this magnitude
 FP16_MAX = 65504.0
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 PRECISION_METADATA = "deploy_attn.precision"  # ONNX metadata: which precision stage wrote it
 
@@ -188,13 +188,18 @@ def _to_fp16(model: onnx.ModelProto, ranges: dict[str, float], threshold: float,
         "converter": "onnxconverter_common.float16 (keep_io_types, node_block_list)"}
 
 
+def _write(model: onnx.ModelProto, dst: str | Path) -> None:
+    """Write ``model`` atomically to ``dst``, once the written file passes the full check."""
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+        load_onnx(tmp)
+
+
 def _save(model: onnx.ModelProto, dst: str | Path, precision: str, calib: CalibData) -> None:
     _set_metadata(model, PRECISION_METADATA, precision)
     if calib.preprocess:
         _set_metadata(model, "deploy_attn.preprocess", calib.preprocess.as_dict())
-    with atomic_path(dst) as tmp:
-        onnx.save(model, str(tmp))
-        load_onnx(tmp)
+    _write(model, dst)
 
 
 def convert_fp16(src: str | Path, dst: str | Path, calib: CalibData,
@@ -215,15 +220,12 @@ def _qdq_follows_consumers(model: onnx.ModelProto, block: set[str]) -> set[str]:
     the QuantizeLinear nodes that feed only those: a quantized input of an FP32 node
     stays an FP32 Q/DQ pair, with no Cast between the DQ and its consumer (TensorRT fuses
     a DQ only into the op that reads it directly)."""
-    consumers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.name)
+    consumers = Graph(model).consumers
     block = set(block)
     for op in ("DequantizeLinear", "QuantizeLinear"):
         for n in model.graph.node:
             users = consumers.get(n.output[0], [])
-            if n.op_type == op and users and all(u in block for u in users):
+            if n.op_type == op and users and all(u.name in block for u in users):
                 block.add(n.name)
     return block
 
@@ -243,11 +245,8 @@ def fp16_remainder(qdq: str | Path, dst: str | Path, calib: CalibData,
     opset = next((o.version for o in source.opset_import if o.domain in ("", "ai.onnx")), 0)
     model = version_converter.convert_version(source, FP16_QDQ_OPSET) \
         if opset < FP16_QDQ_OPSET else source
+    # the converters keep the metadata (the calibration record, the quantizer's own)
     fp16, details = _to_fp16(model, ranges, threshold, keep=_qdq_follows_consumers)
-    have = {prop.key for prop in fp16.metadata_props}
-    for prop in source.metadata_props:  # the calibration record and the quantizer's own
-        if prop.key != PRECISION_METADATA and prop.key not in have:
-            fp16.metadata_props.add(key=prop.key, value=prop.value)
     _save(fp16, dst, "int8", calib)
     details.update(remainder="fp16", opset=max(opset, FP16_QDQ_OPSET))
     return PrecisionArtifact(Path(dst), details)
@@ -330,7 +329,7 @@ def _entropy_ranges(src: Path, reader: _Reader, op_types: Sequence[str] | None,
         save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)
 
 
-def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method: str, *,
+def static_qdq(model: onnx.ModelProto, dst: str | Path | None, calib: CalibData, method: str, *,
                precision: str, activation_type: str, op_types: Sequence[str] | None,
                exclude: Sequence[str], extra_options: dict, reduce_range: bool = False,
                include: Sequence[str] | None = None,
@@ -338,8 +337,9 @@ def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method
                metadata: dict | None = None) -> onnx.ModelProto:
     """ONNX Runtime's ``quantize_static`` in QDQ format with per-channel INT8 weights on
     ``model`` (nodes named), calibrated on ``calib`` by ``method`` (entropy by
-    _entropy_ranges), written atomically to ``dst`` with ``precision`` and the calibration
-    in its metadata (plus ``metadata``); ``include`` limits quantization to those nodes.
+    _entropy_ranges), with ``precision`` and the calibration in its metadata (plus
+    ``metadata``), written atomically to ``dst`` (None: not written, for a caller that
+    edits it first); ``include`` limits quantization to those nodes.
     ``activation_type`` is "int8" or "uint8"; the calibration cache
     (per precision and method) is kept in ``cache_dir`` for re-quantizing with other
     exclusions. Returns the quantized model."""
@@ -380,9 +380,8 @@ def static_qdq(model: onnx.ModelProto, dst: str | Path, calib: CalibData, method
     _set_metadata(q, "deploy_attn.calibration", calib.as_dict())
     for key, value in (metadata or {}).items():
         _set_metadata(q, key, value)
-    with atomic_path(dst) as tmp_dst:
-        onnx.save(q, str(tmp_dst))
-        load_onnx(tmp_dst)
+    if dst is not None:
+        _write(q, dst)
     return q
 
 
@@ -393,8 +392,6 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
     QDQ format, symmetric, per-channel weights), calibrated on ``calib``, placed by
     NVIDIA's rules (placement.py), with an FP32 remainder (``int8-fp32``; fp16_remainder
     makes the ``int8`` form from it)."""
-    from .placement import finish_placement, int8_placement
-
     src = Path(src)
     model = _name_nodes(load_onnx(src))
     placement = int8_placement(model)
@@ -412,8 +409,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
     adds = list(placement.residual)
     note = ""
     if chosen:
-        q = static_qdq(
-            model, dst, calib, method, precision="int8-fp32", activation_type="int8",
+        q = static_qdq(  # written once placed
+            model, None, calib, method, precision="int8-fp32", activation_type="int8",
             op_types=QUANTIZED_OPS + ("Add",), exclude=(), include=chosen + adds,
             cache_dir=cache_dir,
             extra_options={
@@ -427,9 +424,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: CalibData, method: st
                 "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1, "MatMul": 1},
             })
         residual = finish_placement(q, placement, chosen)
-        with atomic_path(dst) as tmp:
-            onnx.save(q, str(tmp))
-            load_onnx(tmp)
+        _write(q, dst)
     else:  # every candidate is a layer TensorRT runs faster unquantized
         q, residual = model, 0
         note = ("no node meets the INT8 placement rules: the graph has no Q/DQ, and "

@@ -12,15 +12,14 @@ import base64
 import datetime
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError
-from .artifacts import atomic_path
+from ..errors import ConfigError
+from .artifacts import atomic_path, read_json
 from .accuracy import ACCURACY_FILE
 from .bench import BENCH_FILE, environment, latency_table, settings_line
 from .job import PRECISIONS, REPORT_FILE, read_report
@@ -68,13 +67,6 @@ def exported_names(export_root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / REPORT_FILE).is_file())
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable ({type(exc).__name__})") from None
-
-
 @dataclass
 class ModelRecord:
     name: str
@@ -100,10 +92,10 @@ def load_records(names: Sequence[str] | None, export_root: str | Path) -> list[M
         report = read_report(directory)
         maps_path = directory / MAPS_FILE
         records.append(ModelRecord(report["name"], directory, report,
-                                   _read_json(bench_path) if bench_path.is_file() else None,
-                                   _read_json(accuracy_path) if accuracy_path.is_file()
+                                   read_json(bench_path) if bench_path.is_file() else None,
+                                   read_json(accuracy_path) if accuracy_path.is_file()
                                    else None,
-                                   _read_json(maps_path) if maps_path.is_file() else None))
+                                   read_json(maps_path) if maps_path.is_file() else None))
     return records
 
 
