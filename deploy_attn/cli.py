@@ -44,23 +44,19 @@ def _source_options(args: argparse.Namespace):
     return SourceOptions(
         model_args=parse_model_args(args.model_arg), channels=args.channels,
         input_size=tuple(args.input_size) if args.input_size else None,
-        num_classes=args.num_classes, seed=args.seed, weights=args.weights, ema=args.ema,
+        num_classes=args.num_classes, seed=args.seed, weights=args.weights,
+        ema=args.ema or None,  # no --ema: raw weights, or the EMA ones if the file has only those
         task=args.task, mean=tuple(args.mean) if args.mean else None,
         std=tuple(args.std) if args.std else None)
 
 
 def _needs_precision(args: argparse.Namespace) -> None:
-    """Options that only act in a precision stage are errors without one."""
-    int8 = {"int8", "int8-fp32", "int8-cpu"} & set(args.precision)
-    tensorrt_int8 = bool({"int8", "int8-fp32"} & set(args.precision))
-    rules = [("--exclude", bool(args.exclude), tensorrt_int8, "--precision int8"),
-             ("--sensitivity", args.sensitivity, tensorrt_int8, "--precision int8"),
-             ("--calib-method", args.calib_method is not None, bool(int8), "--precision int8"),
-             ("--calib-dir", args.calib_dir is not None, bool(args.precision),
-              "--precision fp16 or int8 (FP16 measures its ranges on them too)"),
+    """Calibration options given without a stage that uses them are errors (ExportConfig
+    checks the rest; it sees these options' defaults, not whether they were given)."""
+    int8 = bool({"int8", "int8-fp32", "int8-cpu"} & set(args.precision))
+    rules = [("--calib-method", args.calib_method is not None, int8, "--precision int8"),
              ("--calib-count", args.calib_count is not None, bool(args.precision),
-              "--precision fp16 or int8"),
-             ("--ema", args.ema, args.weights is not None, "--weights")]
+              "--precision fp16 or int8")]
     for flag, given, needed, what in rules:
         if given and not needed:
             raise DeployAttnError(f"{flag} does nothing without {what}")
@@ -74,8 +70,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = ExportConfig(out_dir=args.output, dynamic_batch=args.dynamic_batch, opset=args.opset,
                        simplify=not args.no_simplify, approximate=args.approximate,
                        precisions=tuple(args.precision), calib_dir=args.calib_dir,
-                       calib_count=args.calib_count or 32,
-                       calib_method=args.calib_method or "minmax",
+                       **{k: v for k, v in (("calib_count", args.calib_count),
+                                            ("calib_method", args.calib_method)) if v is not None},
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
                        fp16_threshold=args.fp16_threshold, formats=tuple(args.format))
     card = load_source(args.model, _source_options(args))
@@ -379,7 +375,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline.export import DEFAULT_OPSET
-    from .pipeline.precision import TENSORRT_PRECISIONS
+    from .pipeline.precision import AUTOCAST_MAX, CALIB_METHODS, TENSORRT_PRECISIONS
 
     p = _Parser(prog="deploy-attn", description=__doc__)
     p.add_argument("--version", action="version", version=f"deploy-attn {__version__}")
@@ -411,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calib-dir", type=Path, help="calibration images (jpg/png); default: a "
                     "seeded generated set, labelled as such in the report")
     ex.add_argument("--calib-count", type=POSITIVE, help="calibration inputs (default 32)")
-    ex.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
+    ex.add_argument("--calib-method", choices=CALIB_METHODS,
                     help="INT8 calibration (default minmax)")
     ex.add_argument("--exclude", type=_csv, default=[], metavar="NODES|auto",
                     help="INT8 nodes to keep FP32, or 'auto' (most sensitive first, until the "
@@ -422,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU targets of every artifact, each checked against PyTorch: "
                          "openvino (IR: model[.P].xml/.bin; needs the [openvino] extra), ort "
                          "(ONNX Runtime's mobile format model[.P].ort + its operator config)")
-    ex.add_argument("--fp16-threshold", type=_positive_float, default=512.0,
-                    help="keep a node FP32 when its activations exceed this (default 512, AutoCast's)")
+    ex.add_argument("--fp16-threshold", type=_positive_float, default=AUTOCAST_MAX,
+                    help="keep a node FP32 when its activations exceed this "
+                         f"(default {AUTOCAST_MAX:g}, AutoCast's)")
     ex.set_defaults(func=cmd_export)
 
     ck = sub.add_parser("check", help="check an ONNX file against TensorRT's operator matrix, "

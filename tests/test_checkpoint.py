@@ -5,7 +5,7 @@ import torch
 
 import deploy_attn
 from deploy_attn import cli
-from deploy_attn.checkpoint import LAYOUTS, load_checkpoint
+from deploy_attn.checkpoint import load_checkpoint
 from deploy_attn.errors import CheckpointError
 from deploy_attn.models import build
 from deploy_attn.registry import get_spec
@@ -81,7 +81,13 @@ def test_a_layout_applies_only_when_it_matches_exactly(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="nor a known public layout.*missing"):
         load_checkpoint(_fresh("mobilenetv2_ca"), path)
-    assert {layout.name for layout in LAYOUTS} >= {"torchvision mobilenet_v2"}
+    # the stem conv for 4 input channels: the layout renames the keys, the shapes conflict
+    state = fm.OfficialMBV2CA().state_dict()
+    state["features.0.0.weight"] = torch.zeros(32, 4, 3, 3)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"nor a known public layout.*shape conflicts: "
+                       r"features\.0\.0\.weight \(32, 4, 3, 3\) vs \(32, 3, 3, 3\)"):
+        load_checkpoint(_fresh("mobilenetv2_ca"), path)
 
 
 @pytest.mark.parametrize("wrap", [
@@ -102,6 +108,17 @@ def test_containers_and_prefixes(tmp_path, wrap):
     dst = _fresh("se")
     loaded = load_checkpoint(dst, path)
     assert _same_outputs(src, dst, (1, 64, 16, 16)) == 0.0, loaded
+
+
+def test_cli_loads_an_ema_only_checkpoint_without_the_flag(tmp_path, capsys):
+    """Without --ema the CLI leaves the choice to the file (raw weights, else the EMA ones
+    when they are all it has), as the API does; it once asked for raw weights only."""
+    src = deploy_attn.create_model("se", seed=3)
+    path = tmp_path / "ema.pt"
+    torch.save({"state_dict_ema": src.state_dict()}, path)
+    code = cli.main(["export", "se", "--weights", str(path), "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert "state_dict_ema" in capsys.readouterr().out
 
 
 def test_ema_flag_chooses_between_raw_and_ema_weights(tmp_path):

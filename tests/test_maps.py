@@ -18,8 +18,7 @@ from deploy_attn import cli
 from deploy_attn.maps import capture, declared_maps
 from deploy_attn.models import create_model
 from deploy_attn.pipeline.job import open_export
-from deploy_attn.pipeline.maps import (MAPS_FILE, drift_note, drifting_site, evaluate_maps,
-                                       maps_job)
+from deploy_attn.pipeline.maps import MAPS_FILE, drifting_site, evaluate_maps, maps_job
 
 from .conftest import ATTENTION_NAMES
 
@@ -60,8 +59,8 @@ def test_fp32_maps_of_every_module_match_pytorch(name, export_cache):
     """Every declared map of every module is found in the exported graph by its scope, and
     its FP32 value (ONNX Runtime, and OpenVINO where installed) is within 1e-4 of PyTorch's."""
     directory = export_cache(name).directory
-    x = open_export(directory).verify_inputs(2)
-    result = evaluate_maps(directory, x, {"source": "seeded", "count": 2})
+    exp = open_export(directory)
+    result = evaluate_maps(exp, exp.verify_inputs(2), {"source": "seeded", "count": 2})
     assert not result.skipped, result.skipped
     assert len(result.sites) == len(declared_maps(create_model(name)))
     assert result.runtimes == (["onnxruntime", "openvino"] if OPENVINO else ["onnxruntime"])
@@ -135,11 +134,11 @@ def digits_export(tmp_path_factory):
         torch.set_num_threads(threads)
     ckpt = tmp_path_factory.mktemp("ckpt") / "digits.pt"
     torch.save(model.state_dict(), ckpt)
+    options = dict(channels=1, input_size=(32, 32), num_classes=10, weights=ckpt,
+                   precisions=("int8-fp32",), calib_dir=sets["train"].folder, calib_count=64)
     out = tmp_path_factory.mktemp("export")
-    deploy_attn.export("mobilenetv2_ca", out_dir=out, channels=1, input_size=(32, 32),
-                       num_classes=10, weights=ckpt, precisions=("int8-fp32",),
-                       calib_dir=sets["train"].folder, calib_count=64)
-    return out, sets["test"].folder
+    deploy_attn.export("mobilenetv2_ca", out_dir=out, **options)
+    return out, sets["test"].folder, options
 
 
 def _coarsen_site(src: Path, dst: Path, tensor: str, factor: float) -> str:
@@ -163,11 +162,11 @@ def _coarsen_site(src: Path, dst: Path, tensor: str, factor: float) -> str:
 
 
 def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
-    directory, test_images = digits_export
+    directory, _, _ = digits_export
     exp = open_export(directory)
     index = exp.report["attention_maps"]
     x = exp.verify_inputs(8)
-    good = evaluate_maps(directory, x, {"source": "verification", "count": 8},
+    good = evaluate_maps(exp, x, {"source": "verification", "count": 8},
                          write=tmp_path / "good")
     order = [f"{s['site']}:{s['map']}" for s in good.sites]
     target = next(e for e in index if e["site"] == "features.9.conv.2" and e["map"] == "a_h")
@@ -179,27 +178,48 @@ def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
     shutil.copytree(directory, bad_dir)
     _coarsen_site(directory / "model.int8-fp32.onnx", bad_dir / "model.int8-fp32.onnx",
                   target["tensor"], 1 / 64)
-    bad = evaluate_maps(bad_dir, x, {"source": "verification", "count": 8})
+    bad = evaluate_maps(open_export(bad_dir), x, {"source": "verification", "count": 8})
     drift = bad.first_drift("int8-fp32")
     assert drift is not None and drift["site"] == "features.9.conv.2", drift
     r = drift["results"]["onnxruntime"]["int8-fp32"]
     print(f"\n[maps] bad scale at features.9.conv.2: correlation {r['correlation']:.4f}, "
           f"cosine {r['cosine']:.4f}, max abs {r['max_abs']:.3g}")
-    # the export job's failure message takes the same path
-    found = drifting_site(bad_dir / "model.int8-fp32.onnx", index, exp.card().module, x,
-                          "int8-fp32")
-    note = drift_note(found, "int8-fp32")
-    assert found["site"] == "features.9.conv.2" and "features.9.conv.2 (CoordAtt)" in note
-    assert "deploy-attn maps" in note
     intact = drifting_site(directory / "model.int8-fp32.onnx", index, exp.card().module, x,
                            "int8-fp32")
     assert (intact and intact["site"]) == (first_good and first_good["site"])
 
 
+def test_failed_int8_export_names_the_drifting_site(digits_export, tmp_path, monkeypatch):
+    """The export job's own failure: the same bad scale, put in by the quantizer, and an
+    INT8 threshold the artifact cannot meet; the one-line error names the site."""
+    import deploy_attn.pipeline.parity as parity
+    import deploy_attn.pipeline.precision as precision
+    from deploy_attn.errors import ParityError
+
+    directory, _, options = digits_export
+    tensor = next(e["tensor"] for e in open_export(directory).report["attention_maps"]
+                  if e["site"] == "features.9.conv.2" and e["map"] == "a_h")
+    real = precision.quantize_int8
+
+    def bad_quantizer(src, dst, *args, **kwargs):
+        artifact = real(src, dst, *args, **kwargs)
+        _coarsen_site(Path(dst), Path(dst), tensor, 1 / 64)
+        return artifact
+
+    monkeypatch.setattr(precision, "quantize_int8", bad_quantizer)
+    monkeypatch.setitem(parity.TOLERANCES, "int8-fp32", parity.Tolerance(min_cosine=0.99999))
+    with pytest.raises(ParityError) as failed:
+        deploy_attn.export("mobilenetv2_ca", out_dir=tmp_path / "out", **options)
+    message = str(failed.value)
+    assert "the first attention site whose map drifts: features.9.conv.2 (CoordAtt) a_h" \
+        in message and "deploy-attn maps" in message, message
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_report_shows_the_maps_section(digits_export, tmp_path):
     from deploy_attn.pipeline.report import write_report
 
-    directory, test_images = digits_export
+    directory, test_images, _ = digits_export
     maps_job(directory, calib_dir=test_images, count=2)
     md, page = write_report([str(directory)], tmp_path, tmp_path)
     text = md.read_text()

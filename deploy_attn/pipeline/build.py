@@ -26,7 +26,10 @@ def build_job(directory: Path, precision: str, *, min_batch: int | None = None,
     A missing ONNX artifact is exported first (``fresh``: the card and config of a new
     export where the directory has none)."""
     directory = Path(directory)
-    require_tensorrt(directory.name, precision)
+    exported = (directory / REPORT_FILE).is_file()
+    # the Docker hint names the model (an -o folder may be called anything)
+    require_tensorrt(read_report(directory)["name"] if exported else
+                     fresh[0].name if fresh else directory.name, precision)
     onnx_path = directory / artifact_name(precision)
     if not onnx_path.is_file():
         progress(f"{onnx_path} is missing: exporting it first")

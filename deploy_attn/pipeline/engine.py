@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError, DeployAttnError
+from ..errors import ArtifactError, ConfigError, DeployAttnError, first_line
 from .artifacts import atomic_path, file_sha256, library_versions, write_json
 from .export import INPUT_NAME
 from .onnx_io import load_onnx
@@ -259,7 +259,7 @@ def require_tensorrt(name: str = "NAME", precision: str | None = None):
     try:
         trt = importlib.import_module("tensorrt")
     except (ImportError, OSError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise unavailable(f"the tensorrt Python module is not importable ({first})") from None
     if not hasattr(trt, "__version__"):
         raise unavailable("the installed tensorrt package is a stub without the TensorRT "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import warnings
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, DeployAttnError
+from ..errors import ConfigError, DeployAttnError, first_line
 from .artifacts import atomic_path
 from .onnx_io import load_onnx
 
@@ -81,8 +80,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
             interrupt = _interrupt_in(exc)
             if interrupt is not None:  # torch.export wraps a Ctrl-C / SIGTERM in its error
                 raise interrupt from None
-            first = (re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-                     or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise DeployAttnError(f"torch.onnx.export failed for {type(model).__name__}: "
                                   f"{first}") from exc
         proto = load_onnx(tmp)

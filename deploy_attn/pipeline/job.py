@@ -93,8 +93,9 @@ class ExportConfig:
             raise ConfigError(f"calibration method '{self.calib_method}': choose from "
                               f"{', '.join(CALIB_METHODS)}")
         stages = [p for p in self.precisions if p != "fp32"]
-        if (self.exclude or self.sensitivity) and not {"int8", "int8-fp32"} & set(stages):
-            raise ConfigError("--exclude and --sensitivity apply to INT8: add --precision int8")
+        for flag, given in (("--exclude", self.exclude), ("--sensitivity", self.sensitivity)):
+            if given and not {"int8", "int8-fp32"} & set(stages):
+                raise ConfigError(f"{flag} does nothing without --precision int8")
         if self.calib_dir is not None and not stages:
             raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
         from .targets import FORMATS
@@ -223,9 +224,10 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
                        "total_before": len(exported.graph.node),
                        "total_after_passes": len(load_onnx(passed, check=False).graph.node),
                        "total_after": len(after.graph.node)}
-    from .maps import index_export
+    from ..maps import declared_maps
+    from .maps import map_index
 
-    report["attention_maps"] = index_export(raw, final, deploy)
+    report["attention_maps"] = map_index(exported, declared_maps(deploy), after)
     raw.unlink()
     report["shape_ops"] = shape_ops(after)
 
@@ -278,12 +280,13 @@ def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage
         return []
     x = checks.verify.inputs if checks else seeded_inputs((4,) + tuple(card.input_shape[1:]))
     ref = checks.ref if checks else torch_outputs(card.module, x)
+    tolerances = {p: _tolerance(card, p, x) for p in report["files"]}
     written: list[str] = []
     for fmt in cfg.formats:
         for precision, name in report["files"].items():
             progress(f"{fmt}: {precision} ({name})")
             files = write_target(fmt, stage / name)
-            tol = _tolerance(card, precision, x)
+            tol = tolerances[precision]
             result = compare(run_target(fmt, stage / files[0], x), ref, tol,
                              classifier=card.classifier)
             entry = {"files": files, "tolerance": asdict(tol), "results": [result.as_dict()],
@@ -471,7 +474,7 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
         if precision.startswith("int8") and card.generated and card.kind == "backbone":
             hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
                      "'INT8 on generated weights'): give the trained ones with --weights")
-        if report.get("attention_maps"):
+        if report.get("attention_maps") and cfg.strict:  # a diagnosis maps every site anyway
             from .maps import drift_note, drifting_site
 
             progress(f"{precision}: locate the first attention map that drifts")
@@ -601,9 +604,11 @@ class OpenExport:
                                  self.cfg.calib_count, count).inputs
 
 
-def open_export(directory: Path) -> OpenExport:
+def open_export(directory: Path, card: ModelCard | None = None) -> OpenExport:
+    """An export directory read back; ``card``: its reference where the caller holds it
+    already (the run that just wrote the export), instead of rebuilding it."""
     report = read_report(directory)
-    return OpenExport(Path(directory), report, config_from_report(report, directory))
+    return OpenExport(Path(directory), report, config_from_report(report, directory), card)
 
 
 def export_adding(directory: Path, add: Sequence[str], progress: Progress = silent,
@@ -645,7 +650,8 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     results = {}
     for precision, file in exp.report.get("files", {}).items():
         path = Path(directory) / file
-        progress(f"{precision}: {file} ({verification_runtime(path)})")
+        runtime = verification_runtime(path)
+        progress(f"{precision}: {file} ({runtime})")
         tol = _tolerance(card, precision, x)
         try:
             result = compare(ort_outputs(ort_session(path, verify=True), x),
@@ -666,7 +672,7 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
         if ov_missing:
             second.insert(0, {"file": file, "runtime": "OpenVINO", "skipped": ov_missing})
         results[precision] = {"file": file, **result.as_dict(),
-                              "runtime": verification_runtime(path),
+                              "runtime": runtime,
                               "trt_check": _trt_check(path), "second": second}
     return results
 

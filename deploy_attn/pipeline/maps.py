@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..errors import ArtifactError, ConfigError
-from ..maps import Captured, MapSite, capture, declared_maps
+from ..maps import Captured, MapSite, MapSpec, capture
 from .artifacts import write_json
 from .onnx_io import load_onnx
 from .parity import compare
@@ -83,14 +83,6 @@ def map_index(raw: onnx.ModelProto, sites: Sequence[MapSite],
     return index
 
 
-def index_export(raw_path: Path, final_path: Path, deploy) -> list[dict]:
-    """The export job's entry point: ``report["attention_maps"]`` of a deploy module."""
-    sites = declared_maps(deploy)
-    if not sites:
-        return []
-    return map_index(load_onnx(raw_path, check=False), sites, load_onnx(final_path, check=False))
-
-
 # --- debug copies and their runs ---------------------------------------------------------
 def debug_copy(artifact: Path, tensors: Sequence[str], dst: Path) -> list[str]:
     """A copy of ``artifact`` with ``tensors`` added as graph outputs (types from shape
@@ -114,24 +106,11 @@ def debug_copy(artifact: Path, tensors: Sequence[str], dst: Path) -> list[str]:
 def drifting_site(artifact: Path, index: Sequence[dict], module, x: np.ndarray,
                   precision: str) -> dict | None:
     """The first indexed map (in graph order) of ``artifact`` outside ``precision``'s map
-    tolerance against ``module``'s on ``x``, with its figures; None when every map holds."""
-    entries = [e for e in index if e["tensor"]]
-    if not entries:
-        return None
-    sites = [MapSite(e["site"] if e["site"] != "<root>" else "", e["class"], e["map"],
-                     _spec(e)) for e in entries]
-    captured = capture(module, x, sites)
-    with tempfile.TemporaryDirectory(prefix="deploy-attn-maps-") as tmp:
-        debug = Path(tmp) / "debug.onnx"
-        values = _ort_maps(debug, debug_copy(artifact, [e["tensor"] for e in entries], debug), x)
-    for s, e in zip(sites, entries):
-        ref = captured.maps.get(s.key)
-        if ref is None:
-            continue
-        r = compare_map(values.get(e["tensor"]), ref, precision)
-        if r["ok"] is False:
-            return {**e, **r}
-    return None
+    tolerance against ``module``'s on ``x`` (on ONNX Runtime), with its figures; None when
+    every map holds."""
+    rows = measure({precision: artifact}, index, module, x, ["onnxruntime"])[2]
+    r = next((r for r in rows if r["results"]["onnxruntime"][precision]["ok"] is False), None)
+    return None if r is None else {**r, **r["results"]["onnxruntime"][precision]}
 
 
 def drift_note(drift: dict | None, precision: str) -> str:
@@ -158,17 +137,12 @@ def _ort_maps(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarr
 
 
 def _ov_maps(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    from .targets import ov_compile
+    from .targets import ov_batches, ov_compile
 
     compiled = ov_compile(path)
-    batch = compiled.inputs[0].get_partial_shape()[0]
-    step = batch.get_length() if batch.is_static else len(x)
-    parts: dict[str, list] = {n: [] for n in names}
-    for i in range(0, len(x), step):
-        result = compiled(x[i:i + step])
-        for n in names:
-            parts[n].append(np.asarray(result[compiled.output(n)], dtype=np.float32))
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    runs = list(ov_batches(compiled, x))
+    return {n: np.concatenate([np.asarray(r[compiled.output(n)]) for r in runs])
+            .astype(np.float32) for n in names}
 
 
 RUNNERS = {"onnxruntime": _ort_maps, "openvino": _ov_maps}
@@ -255,37 +229,56 @@ def worst(site: dict) -> float:
     return max(values, default=0.0)
 
 
-def artifact_maps(directory: Path, report: dict, x: np.ndarray, precisions: Sequence[str],
-                  runtimes: Sequence[str], progress: Progress = silent
-                  ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """runtime -> precision -> tensor -> value, from debug copies of the artifacts."""
-    index = [e for e in report.get("attention_maps", []) if e["tensor"]]
-    tensors = [e["tensor"] for e in index]
+def _site(entry: dict) -> MapSite:
+    """The declared map an index entry describes."""
+    site = "" if entry["site"] == "<root>" else entry["site"]
+    inner = entry["module"][len(site) + 1:] if site else entry["module"]
+    return MapSite(site, entry["class"], entry["map"], MapSpec(inner, entry["kind"],
+                                                               entry["call"]))
+
+
+def measure(files: dict[str, Path], index: Sequence[dict], module, x: np.ndarray,
+            runtimes: Sequence[str], progress: Progress = silent):
+    """Every indexed map of every artifact (precision -> file) against ``module``'s on
+    ``x``: what the hooks captured, runtime -> precision -> tensor -> value from debug
+    copies, one row per map found (with its results), and the maps skipped (with why)."""
+    sites = [_site(e) for e in index]
+    progress(f"maps: PyTorch hooks on {len(sites)} maps, {len(x)} input(s)")
+    captured = capture(module, x, sites)
+    tensors = [e["tensor"] for e in index if e["tensor"]]
     found: dict[str, dict[str, dict[str, np.ndarray]]] = {rt: {} for rt in runtimes}
     with tempfile.TemporaryDirectory(prefix="deploy-attn-maps-") as tmp:
-        for precision in precisions:
-            file = report["files"][precision]
+        for precision, file in files.items():
             debug = Path(tmp) / f"debug-{precision}.onnx"
-            added = debug_copy(directory / file, tensors, debug)
+            added = debug_copy(file, tensors, debug)
             for rt in runtimes:
-                progress(f"maps: {file} on {rt} ({len(added)} map tensors as outputs)")
+                progress(f"maps: {Path(file).name} on {rt} ({len(added)} map tensors as outputs)")
                 found[rt][precision] = RUNNERS[rt](debug, added, x)
-    return found
+    rows, skipped = [], []
+    for s, e in zip(sites, index):
+        ref = captured.maps.get(s.key)
+        if e["tensor"] is None or ref is None or captured.calls[s.key] != e["calls"]:
+            skipped.append({**e, "reason": e.get("reason") or
+                            f"PyTorch ran {s.module_path} {captured.calls[s.key]} time(s), the "
+                            f"graph has {e['calls']} output(s) of it"})
+            continue
+        results = {rt: {p: compare_map(found[rt][p].get(e["tensor"]), ref, p) for p in files}
+                   for rt in runtimes}
+        rows.append({**e, "shape": list(ref.shape), "results": results,
+                     "spatial": list(captured.spatial.get(s.site, ())) or None})
+    return captured, found, rows, skipped
 
 
-def evaluate_maps(directory: Path, x: np.ndarray, input_info: dict,
+def evaluate_maps(exp, x: np.ndarray, input_info: dict,
                   precisions: Sequence[str] | None = None, progress: Progress = silent,
                   image: np.ndarray | None = None, write: Path | None = None,
                   diagnostic: str | None = None) -> MapsResult:
-    """The maps of the export in ``directory`` on inputs ``x``, against its reference's;
-    ``write``: the folder for maps.json and the figures (default ``directory``)."""
-    from .job import open_export
-
+    """The maps of an export (an ``OpenExport``) on inputs ``x``, against its reference's;
+    ``write``: the folder for maps.json and the figures (default the export's)."""
     t0 = time.perf_counter()
-    exp = open_export(directory)
     report = exp.report
     if "attention_maps" not in report:
-        raise ArtifactError(f"{directory}: the export predates attention-map indexing; "
+        raise ArtifactError(f"{exp.directory}: the export predates attention-map indexing; "
                             "export it again")
     index = report["attention_maps"]
     if not index:
@@ -297,41 +290,17 @@ def evaluate_maps(directory: Path, x: np.ndarray, input_info: dict,
     if missing:
         raise ConfigError(f"{exp.name}: the export has no {', '.join(missing)} artifact; it "
                           f"has {', '.join(have)}")
-    card = exp.card()
-    sites = [MapSite(e["site"] if e["site"] != "<root>" else "", e["class"], e["map"],
-                     _spec(e)) for e in index]
-    progress(f"maps: PyTorch hooks on {len(sites)} maps, {len(x)} input(s)")
-    captured = capture(card.module, x, sites)
     runtimes = _runtimes()
-    found = artifact_maps(directory, report, x, chosen, runtimes, progress)
-    rows, skipped = [], []
-    for s, e in zip(sites, index):
-        ref = captured.maps.get(s.key)
-        if e["tensor"] is None or ref is None or captured.calls[s.key] != e["calls"]:
-            skipped.append({**e, "reason": e.get("reason") or
-                            f"PyTorch ran {s.module_path} {captured.calls[s.key]} time(s), the "
-                            f"graph has {e['calls']} output(s) of it"})
-            continue
-        results = {rt: {p: compare_map(found[rt][p].get(e["tensor"]), ref, p) for p in chosen}
-                   for rt in runtimes}
-        rows.append({**e, "shape": list(ref.shape), "results": results,
-                     "spatial": list(captured.spatial.get(s.site, ())) or None})
+    files = {p: exp.directory / report["files"][p] for p in chosen}
+    captured, found, rows, skipped = measure(files, index, exp.card().module, x, runtimes,
+                                             progress)
     result = MapsResult(exp.name, input_info, chosen, runtimes, rows, skipped, diagnostic)
-    out = Path(write or directory)
+    out = Path(write or exp.directory)
     out.mkdir(parents=True, exist_ok=True)
-    _write_figures(result, captured, found, sites, index, image, out, progress)
+    _write_figures(result, captured, found, len(x), image, out, progress)
     result.seconds = time.perf_counter() - t0
     write_json(out / MAPS_FILE, result.as_dict())
     return result
-
-
-def _spec(entry: dict):
-    from ..maps import MapSpec
-
-    module = entry["module"]
-    site = entry["site"]
-    inner = module[len(site) + 1:] if site != "<root>" else module
-    return MapSpec(inner, entry["kind"], entry["call"])
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -376,14 +345,11 @@ def site_figure(title: str, panels: list[tuple[str, list[tuple[str, np.ndarray]]
         for c, (form, v) in enumerate(forms):
             ax = axes[r, c]
             if v.ndim == 2:
-                if overlay is not None and v.shape != overlay.shape and v.shape[0] > 1 \
-                        and v.shape[1] > 1:
-                    ax.imshow(overlay, cmap="gray", extent=(0, 1, 0, 1))
-                    ax.imshow(v, cmap="jet", alpha=0.5, vmin=lo, vmax=hi, extent=(0, 1, 0, 1),
+                if overlay is not None and min(v.shape) > 1:  # a map over the image
+                    extent = (0, 1, 0, 1)
+                    ax.imshow(overlay, cmap="gray", extent=extent)
+                    ax.imshow(v, cmap="jet", alpha=0.5, vmin=lo, vmax=hi, extent=extent,
                               interpolation="bilinear")
-                elif overlay is not None and v.shape == overlay.shape:
-                    ax.imshow(overlay, cmap="gray")
-                    ax.imshow(v, cmap="jet", alpha=0.5, vmin=lo, vmax=hi)
                 else:
                     ax.imshow(v, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
                 ax.set_xticks([])
@@ -401,9 +367,8 @@ def _file_name(rank: int, site: str) -> str:
     return f"{rank:02d}-{''.join(ch if ch.isalnum() else '_' for ch in site)}.png"
 
 
-def _write_figures(result: MapsResult, captured: Captured, found: dict, sites: list[MapSite],
-                   index: list[dict], image: np.ndarray | None, out: Path,
-                   progress: Progress) -> None:
+def _write_figures(result: MapsResult, captured: Captured, found: dict, batch: int,
+                   image: np.ndarray | None, out: Path, progress: Progress) -> None:
     """One PNG per site under ``out/maps/`` (worst first), replacing an earlier set."""
     by_site: dict[str, list[dict]] = {}
     for row in result.sites:
@@ -418,12 +383,11 @@ def _write_figures(result: MapsResult, captured: Captured, found: dict, sites: l
             for row in by_site[site]:
                 key = f"{row['site']}:{row['map']}"
                 ref = captured.maps[key]
-                n = _input_count(result)
-                forms = [("PyTorch", display(ref, row["kind"], n, row["spatial"]))]
+                forms = [("PyTorch", display(ref, row["kind"], batch, row["spatial"]))]
                 for p in result.precisions:
                     v = found["onnxruntime"][p].get(row["tensor"])
                     if v is not None and v.size == ref.size:
-                        forms.append((p, display(v.reshape(ref.shape), row["kind"], n,
+                        forms.append((p, display(v.reshape(ref.shape), row["kind"], batch,
                                                  row["spatial"])))
                 panels.append((row["map"], forms))
             furthest = max(worst(r) for r in by_site[site])
@@ -441,29 +405,19 @@ def _write_figures(result: MapsResult, captured: Captured, found: dict, sites: l
             shutil.rmtree(staging)
 
 
-def _input_count(result: MapsResult) -> int:
-    return int(result.input["count"])
-
-
-def read_maps(directory: Path) -> dict | None:
-    import json
-
-    path = Path(directory) / MAPS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 
 # --- the command ---------------------------------------------------------------------------
 DEFAULT_COUNT = 4
 DIAGNOSTIC_PRECISIONS = ("fp16", "int8")
 
 
-def _inputs(card, shape: Sequence[int], image: Path | None, calib_dir: Path | None,
-            count: int, verify) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """The inputs the maps are drawn on, what they are, and the first one as an image to
-    draw the spatial maps over (None for generated inputs)."""
+def _maps_of(exp, image: Path | None, calib_dir: Path | None, count: int,
+             precisions: Sequence[str] | None, progress: Progress, **kwargs) -> MapsResult:
+    """evaluate_maps on the inputs asked for: one image, images of a folder, or the
+    export's verification inputs; an image input is drawn under the spatial maps."""
     from .calib import _load_image, image_folder
 
+    card, shape = exp.card(), exp.report["input_shape"]
     pre = card.preprocess
     if (image or calib_dir) and pre is None:
         raise ConfigError(f"{card.name} takes {shape[1]}-channel feature maps, not images; "
@@ -476,9 +430,11 @@ def _inputs(card, shape: Sequence[int], image: Path | None, calib_dir: Path | No
         data = image_folder(calib_dir, pre, count * batch)
         x, info = data.inputs, {"source": data.source, "count": int(len(data.inputs))}
     else:
-        x = verify(count * batch)
+        x = exp.verify_inputs(count * batch)
         info = {"source": "the export's verification inputs", "count": int(len(x))}
-    return x.astype(np.float32), info, (_image(x) if (image or calib_dir) else None)
+    overlay = _image(x) if (image or calib_dir) else None
+    return evaluate_maps(exp, x.astype(np.float32), info, precisions, progress, overlay,
+                         **kwargs)
 
 
 def maps_job(directory: Path, *, image: Path | None = None, calib_dir: Path | None = None,
@@ -494,10 +450,7 @@ def maps_job(directory: Path, *, image: Path | None = None, calib_dir: Path | No
         raise ConfigError("give --image or --calib-dir, not both")
     directory = Path(directory)
     if (directory / REPORT_FILE).is_file():
-        exp = open_export(directory)
-        x, info, overlay = _inputs(exp.card(), exp.report["input_shape"], image, calib_dir,
-                                   count, exp.verify_inputs)
-        return evaluate_maps(directory, x, info, precisions, progress, overlay)
+        return _maps_of(open_export(directory), image, calib_dir, count, precisions, progress)
     if fresh is None:
         raise ArtifactError(f"{directory}: no export there; run 'deploy-attn export' first")
     wanted = tuple(p for p in (precisions or DIAGNOSTIC_PRECISIONS) if p != "fp32")
@@ -508,13 +461,8 @@ def maps_job(directory: Path, *, image: Path | None = None, calib_dir: Path | No
         cfg = ExportConfig(out_dir=Path(tmp), precisions=wanted, calib_dir=calib_dir,
                            strict=False)
         result = export_job(fresh, cfg, progress)
-        missed = {p: e["failure"] for p, e in result.report.get("precisions", {}).items()
-                  if e.get("failure")}
-        note = ("artifacts built for this diagnosis in a scratch folder and not kept"
-                + "".join(f"; {p} missed its threshold: {m}" for p, m in missed.items()))
-        exp = open_export(Path(tmp))
-        x, info, overlay = _inputs(exp.card(), exp.report["input_shape"], image, calib_dir,
-                                   count, exp.verify_inputs)
-        maps = evaluate_maps(Path(tmp), x, info, None, progress, overlay, write=directory,
-                             diagnostic=note)
-        return maps
+        note = "artifacts built for this diagnosis in a scratch folder and not kept" + "".join(
+            f"; {p} missed its threshold: {e['failure']}"
+            for p, e in result.report.get("precisions", {}).items() if e.get("failure"))
+        return _maps_of(open_export(Path(tmp), card=fresh), image, calib_dir, count, None,
+                        progress, write=directory, diagnostic=note)

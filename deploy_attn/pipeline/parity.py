@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, first_line
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,13 @@ def graph_numerics(path: str | Path) -> set[str]:
 # on FP16 Q/DQ graphs run without it; verification runs FP16 graphs with no graph
 # optimisation at all (VERIFY_NOTE).
 FP16_QDQ_DISABLED = ("WeightBiasQuantization",)
+
+
+def disabled_optimizers(numerics: set[str]) -> list[str]:
+    """The ORT optimizers a graph of these ``graph_numerics`` must run without."""
+    return list(FP16_QDQ_DISABLED) if {"fp16", "qdq"} <= numerics else []
+
+
 VERIFY_NOTE = ("FP16-bearing graph: ONNX Runtime CPU with graph optimisations off (each op "
                "as the graph states it; ORT's WeightBiasQuantization miscomputes FP16 Q/DQ "
                "graphs)")
@@ -187,7 +194,7 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
     # an ORT-format file's numerics are those of the ONNX file it was converted from
     onnx_path = Path(path) if Path(path).suffix != ".ort" else Path(path).with_suffix(".onnx")
     numerics = graph_numerics(onnx_path) if onnx_path.is_file() else set()
-    disabled = list(FP16_QDQ_DISABLED) if {"fp16", "qdq"} <= numerics else []
+    disabled = disabled_optimizers(numerics)
     if verify and "fp16" in numerics:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif onnx_path != Path(path):
@@ -197,7 +204,7 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=disabled)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ArtifactError(f"{path}: ONNX Runtime cannot load it: {first}") from None
 
 
@@ -219,7 +226,7 @@ def ort_batches(session, x: np.ndarray) -> Iterator[list[np.ndarray]]:
         try:
             outs = session.run(None, {inp.name: x[i:i + fixed]})
         except Exception as exc:  # ORT's pybind errors: a graph foreign to these inputs
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise ArtifactError(f"ONNX Runtime cannot run the graph on input "
                                 f"{list(x[i:i + fixed].shape)} ('{inp.name}' is "
                                 f"{inp.shape}): {first}") from None

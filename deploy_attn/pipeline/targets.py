@@ -14,11 +14,11 @@ import importlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from ..errors import ArtifactError, DeployAttnError
+from ..errors import ArtifactError, DeployAttnError, first_line
 
 FORMATS = ("openvino", "ort")
 ORT_OPERATORS = "required_operators.config"  # for ONNX Runtime's minimal (mobile) build
@@ -88,16 +88,22 @@ def ov_compile(path: str | Path, threads: int | None = None,
             model.reshape({0: ov.PartialShape(list(shape))})
         return core.compile_model(model, "CPU", ov_config(threads))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first}") from None
 
 
-def ov_outputs(compiled, x: np.ndarray) -> np.ndarray:
-    """The first output on ``x``; a static batch runs one slice at a time."""
+def ov_batches(compiled, x: np.ndarray) -> Iterator:
+    """The results of ``compiled`` on ``x``, one per run: a dynamic batch runs ``x`` at
+    once, a static one in slices of its batch."""
     batch = compiled.inputs[0].get_partial_shape()[0]
     step = batch.get_length() if batch.is_static else len(x)
-    return np.concatenate([np.asarray(compiled(x[i:i + step])[0])
-                           for i in range(0, len(x), step)])
+    for i in range(0, len(x), step):
+        yield compiled(x[i:i + step])
+
+
+def ov_outputs(compiled, x: np.ndarray) -> np.ndarray:
+    """The first output on ``x``."""
+    return np.concatenate([np.asarray(r[0]) for r in ov_batches(compiled, x)])
 
 
 def ov_runner(compiled, x: np.ndarray) -> Callable[[], object]:
@@ -116,7 +122,7 @@ def write_ir(onnx_path: Path, xml: Path) -> list[str]:
     try:
         ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ArtifactError(f"{onnx_path}: OpenVINO cannot convert it: {first}") from None
     return [xml.name, xml.with_suffix(".bin").name]
 
@@ -134,11 +140,9 @@ def write_ort(onnx_path: Path, dst: Path) -> list[str]:
     import onnxruntime as ort
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
-    from .parity import FP16_QDQ_DISABLED, graph_numerics
+    from .parity import disabled_optimizers, graph_numerics
 
-    disabled = ["NchwcTransformer"]
-    if {"fp16", "qdq"} <= graph_numerics(onnx_path):
-        disabled += FP16_QDQ_DISABLED
+    disabled = ["NchwcTransformer", *disabled_optimizers(graph_numerics(onnx_path))]
     operators = dst.with_name(dst.stem + "." + ORT_OPERATORS)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".ort-") as tmp:
         forms = {mode: Path(tmp) / f"{mode}.ort" for mode in ("save", "apply")}
@@ -154,7 +158,7 @@ def write_ort(onnx_path: Path, dst: Path) -> list[str]:
                 ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
                                      disabled_optimizers=disabled)
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 raise ArtifactError(f"{onnx_path}: no ORT-format file: {first}") from None
         config = Path(tmp) / ORT_OPERATORS
         logging.getLogger("ort_format_model").setLevel(logging.WARNING)
