@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 import deploy_attn
 from deploy_attn import export
@@ -63,6 +67,70 @@ def export_cache(tmp_path_factory):
             out = root / f"{name}-{'dyn' if dynamic_batch else 'static'}-{len(cache)}"
             cache[key] = export(name, out_dir=out,
                                                  dynamic_batch=dynamic_batch, **kwargs)
+        return cache[key]
+
+    return get
+
+
+# --- models trained on scikit-learn's digits (shared by the accuracy and maps tests) -------
+DIGITS_SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest all take
+DIGITS_SEED = 0
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """PyTorch on one thread: on a shared 2-core CPU these small convolutions ran about 8x
+    slower with two threads (measured), and one thread makes training reproducible
+    whatever the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digit_sets(tmp_path_factory):
+    """The digits as an ImageFolder and as images + masks, train and test splits."""
+    from deploy_attn.datasets import digits
+    from deploy_attn.sources import default_preprocess
+
+    pre = default_preprocess("backbone", (1, 1, *DIGITS_SIZE))
+    return digits(tmp_path_factory.mktemp("digits"), pre, seed=DIGITS_SEED)
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(digit_sets, tmp_path_factory):
+    """(name, TrainConfig, segment) -> a state_dict of the registry model trained with the
+    package's API on the training split, read the way the accuracy command reads data;
+    each trained once per session, whichever test asks first."""
+    from deploy_attn.datasets import train
+    from deploy_attn.models import create_model
+    from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
+    from deploy_attn.sources import default_preprocess
+
+    pre = default_preprocess("backbone", (1, 1, *DIGITS_SIZE))
+    root = tmp_path_factory.mktemp("digits-ckpt")
+    cache: dict = {}
+
+    def get(name: str, recipe, segment: bool = False) -> Path:
+        key = (name, recipe, segment)
+        if key not in cache:
+            classes = 11 if segment else 10
+            split = digit_sets["train"]
+            dataset = load_dataset(split.seg if segment else split.folder,
+                                   "segmentation" if segment else "classifier", classes)
+            x, y = dataset_arrays(dataset, pre)
+            model = create_model(name, channels=1, input_size=DIGITS_SIZE,
+                                 num_classes=classes, seed=DIGITS_SEED)
+            t0 = time.perf_counter()
+            with one_thread():
+                train(model, x, y, recipe)
+            print(f"\n[digits] trained {name} {recipe.epochs} epochs in "
+                  f"{time.perf_counter() - t0:.1f} s")
+            cache[key] = root / f"{name}-{len(cache)}.pt"
+            torch.save(model.state_dict(), cache[key])
         return cache[key]
 
     return get

@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from deploy_attn import cli, open_export
-from deploy_attn.datasets import TrainConfig, digits, train
-from deploy_attn.models import create_model
+from deploy_attn.datasets import TrainConfig
 from deploy_attn.pipeline.accuracy import ACCURACY_FILE, dataset_arrays, evaluate, load_dataset
 from deploy_attn.pipeline.parity import torch_outputs
 from deploy_attn.sources import default_preprocess
 
-SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest input all take
-SEED = 0
+from .conftest import DIGITS_SIZE, one_thread
+
+SIZE = DIGITS_SIZE
 CALIB_COUNT = 128
 PRE = default_preprocess("backbone", (1, 1, *SIZE))  # the export's, for 1-channel images
 
@@ -60,24 +57,6 @@ CASES = [
 ]
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """PyTorch on one thread: on a shared 2-core CPU these small convolutions ran about 8x
-    slower with two threads (measured), and one thread makes training reproducible
-    whatever the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def digit_sets(tmp_path_factory):
-    return digits(tmp_path_factory.mktemp("digits"), PRE, seed=SEED)
-
-
 @pytest.fixture(scope="session", params=CASES)
 def case(request) -> Case:
     return request.param
@@ -88,22 +67,9 @@ def _data(case: Case, digit_sets, split: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(case, digit_sets, tmp_path_factory) -> Path:
-    """A state_dict of the case's model trained with the package's API on the training
-    split, read the way the accuracy command reads data (once per session)."""
-    dataset = load_dataset(_data(case, digit_sets, "train"),
-                           "segmentation" if case.segment else "classifier", case.classes)
-    x, y = dataset_arrays(dataset, PRE)
-    model = create_model(case.name, channels=1, input_size=SIZE, num_classes=case.classes,
-                         seed=SEED)
-    t0 = time.perf_counter()
-    with _one_thread():
-        train(model, x, y, case.train)
-    print(f"\n[digits] trained {case.name} {case.train.epochs} epochs in "
-          f"{time.perf_counter() - t0:.1f} s")
-    path = tmp_path_factory.mktemp("digits-ckpt") / f"{case.name}-digits.pt"
-    torch.save(model.state_dict(), path)
-    return path
+def checkpoint(case, digits_checkpoint) -> Path:
+    """The case's model trained on the training split (once per session)."""
+    return digits_checkpoint(case.name, case.train, case.segment)
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +82,7 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
     calib = _data(case, digit_sets, "train")
     calib = calib / "images" if case.segment else calib
     t0 = time.perf_counter()
-    with _one_thread():
+    with one_thread():
         code = cli.main(["export", case.name, "--channels", "1", "--input-size", *map(str, SIZE),
                          "--num-classes", str(case.classes), "--weights", str(checkpoint),
                          "--precision", "fp16,int8-fp32,int8", "--calib-dir", str(calib),
@@ -155,7 +121,7 @@ def _independent_metric(case: Case, directory: Path, digit_sets) -> float:
     dataset = load_dataset(_data(case, digit_sets, "test"),
                            "segmentation" if case.segment else "classifier", case.classes)
     x, y = dataset_arrays(dataset, PRE)
-    with _one_thread():
+    with one_thread():
         pred = torch_outputs(model, x).argmax(1)
     if not case.segment:
         return 100.0 * float((pred == y).mean())
@@ -170,14 +136,14 @@ def _independent_metric(case: Case, directory: Path, digit_sets) -> float:
 def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     test_data = _data(case, digit_sets, "test")
     if case.name == "mobilenetv2_ca":  # the command itself, as a user runs it
-        with _one_thread():
+        with one_thread():
             code = cli.main(["accuracy", str(exported), "--dataset", str(test_data)])
         out = capfd.readouterr().out
         assert code == 0 and "pytorch" in out and "int8-fp32" in out, out
         print(out)
         result = json.loads((exported / ACCURACY_FILE).read_text())
     else:
-        with _one_thread():
+        with one_thread():
             result = evaluate(exported, test_data).as_dict()
     forms = {f["form"]: f for f in result["forms"]}
     assert set(forms) == {"pytorch", "fp32", "fp16", "int8-fp32", "int8"}, forms

@@ -20,7 +20,7 @@ from deploy_attn.models import create_model
 from deploy_attn.pipeline.job import open_export
 from deploy_attn.pipeline.maps import MAPS_FILE, drifting_site, evaluate_maps, maps_job
 
-from .conftest import ATTENTION_NAMES
+from .conftest import ATTENTION_NAMES, DIGITS_SIZE
 
 OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -83,7 +83,7 @@ def test_maps_command_with_an_image_draws_every_site(tmp_path, capsys):
     Image.fromarray(np.stack([(xx * 5) % 256, (yy * 5) % 256, (xx + yy) % 256], -1)
                     .astype(np.uint8)).save(image)
     out = tmp_path / "out"
-    code = cli.main(["maps", "mobilenetv2_ca", "--input-size", "64", "64", "--image", str(image),
+    code = cli.main(["maps", "mobilenetv2_ca", "--input-size", "32", "32", "--image", str(image),
                      "-o", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -113,32 +113,18 @@ def test_maps_bad_input_is_one_line(tmp_path, capsys, export_cache):
 
 # --- localising an INT8 loss on a trained model ------------------------------------------------
 @pytest.fixture(scope="module")
-def digits_export(tmp_path_factory):
-    """mobilenetv2_ca trained on the digits (2 epochs), exported with INT8 (FP32
-    remainder) calibrated on the training images."""
-    pytest.importorskip("sklearn", reason="scikit-learn provides the digits")
-    from deploy_attn.datasets import TrainConfig, digits, train
-    from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
-    from deploy_attn.sources import default_preprocess
+def digits_export(digit_sets, digits_checkpoint, tmp_path_factory):
+    """mobilenetv2_ca trained on the digits (the accuracy test's checkpoint: trained once
+    per session), exported with INT8 (FP32 remainder) calibrated on the training images."""
+    from deploy_attn.datasets import TrainConfig
 
-    pre = default_preprocess("backbone", (1, 1, 32, 32))
-    sets = digits(tmp_path_factory.mktemp("digits"), pre, seed=0)
-    x, y = dataset_arrays(load_dataset(sets["train"].folder, "classifier", 10), pre)
-    model = create_model("mobilenetv2_ca", channels=1, input_size=(32, 32), num_classes=10,
-                         seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(model, x, y, TrainConfig(2, 0.05))
-    finally:
-        torch.set_num_threads(threads)
-    ckpt = tmp_path_factory.mktemp("ckpt") / "digits.pt"
-    torch.save(model.state_dict(), ckpt)
-    options = dict(channels=1, input_size=(32, 32), num_classes=10, weights=ckpt,
-                   precisions=("int8-fp32",), calib_dir=sets["train"].folder, calib_count=64)
+    ckpt = digits_checkpoint("mobilenetv2_ca", TrainConfig(3, 0.05))
+    options = dict(channels=1, input_size=DIGITS_SIZE, num_classes=10, weights=ckpt,
+                   precisions=("int8-fp32",), calib_dir=digit_sets["train"].folder,
+                   calib_count=64)
     out = tmp_path_factory.mktemp("export")
     deploy_attn.export("mobilenetv2_ca", out_dir=out, **options)
-    return out, sets["test"].folder, options
+    return out, digit_sets["test"].folder, options
 
 
 def _coarsen_site(src: Path, dst: Path, tensor: str, factor: float) -> str:
