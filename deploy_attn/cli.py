@@ -140,13 +140,14 @@ def _positive_float(value: str) -> float:
 
 
 def _opset(value: str) -> int:
-    from .pipeline.export import MIN_OPSET, max_opset
+    from .errors import ConfigError
+    from .pipeline.export import check_opset
 
-    number = _count(MIN_OPSET)(value)
-    if number > max_opset():
-        raise argparse.ArgumentTypeError(f"{number}: the exporter writes opsets {MIN_OPSET} to "
-                                         f"{max_opset()}")
-    return number
+    try:
+        return check_opset(int(value))
+    except ValueError as exc:  # a ConfigError is a ValueError too
+        message = str(exc) if isinstance(exc, ConfigError) else f"'{value}' is not an integer"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,7 +25,7 @@ def test_export_graph_and_parity(export_cache, name, dynamic):
     r = verify_artifacts(result.model_path.parent)["fp32"]
     assert r["ok"], f"{name}: FP32 max abs {r['max_abs']:.2e}, max rel {r['max_rel']:.2e}"
     assert [r["batch"] for r in report["parity"]["fp32"]["results"]] == ([1, 4] if dynamic else [1])
-    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert "Multinomial" not in ops
     assert shape_ops(model) == [], f"{name}: run-time shape arithmetic in the deploy graph"
     inferred = onnx.shape_inference.infer_shapes(model).graph.value_info

@@ -17,7 +17,10 @@ from .onnx_io import load_onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-MIN_OPSET = 17
+# torch.onnx converts its opset-18 graph down on request, but its converter asserts on the
+# ReduceMean/ReduceMax of attention pooling at 17 (axes as an input there); no model
+# with pooling exports below 18
+MIN_OPSET = 18
 DEFAULT_OPSET = 18
 
 
@@ -40,6 +43,15 @@ def max_opset() -> int:
     return onnx.defs.onnx_opset_version()
 
 
+def check_opset(opset: int) -> int:
+    """``opset`` if the exporter can write it, else a ConfigError saying which it can."""
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+        raise ConfigError(f"opset {opset}: deploy-attn writes opsets {MIN_OPSET} to "
+                          f"{max_opset()} (below {MIN_OPSET} torch.onnx's converter cannot "
+                          "write the ReduceMean/ReduceMax of attention pooling)")
+    return opset
+
+
 def _interrupt_in(exc: BaseException) -> BaseException | None:
     """A KeyboardInterrupt (or subclass) among the causes of ``exc``, if any."""
     seen = set()
@@ -58,9 +70,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     With a dynamic batch the example input has batch 2: torch.export specialises sizes
     0 and 1, so a batch-1 example would bake the batch in.
     """
-    if not MIN_OPSET <= opset <= max_opset():
-        raise ConfigError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to "
-                          f"{max_opset()}")
+    check_opset(opset)
     shape = tuple(input_shape)
     if dynamic_batch:
         shape = (max(2, shape[0]),) + shape[1:]

@@ -72,16 +72,14 @@ class ExportConfig:
     strict: bool = True
 
     def __post_init__(self) -> None:
-        from .export import MIN_OPSET, max_opset
+        from .export import check_opset
         from .precision import CALIB_METHODS
 
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad:
             raise ConfigError(f"unknown precision {', '.join(bad)}; choose from "
                               f"{', '.join(PRECISIONS)}")
-        if not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= max_opset():
-            raise ConfigError(f"opset {self.opset}: the exporter writes opsets {MIN_OPSET} to "
-                              f"{max_opset()}")
+        check_opset(self.opset)
         for what, value in (("calib_count", self.calib_count),
                             ("verify_count", self.verify_count)):
             if not isinstance(value, int) or value < 1:
