@@ -1,0 +1,293 @@
+"""Graph forms for CPU runtimes: exact ONNX -> ONNX rewrites that a CPU target's graph may
+take where the TensorRT graph (``model.onnx``) keeps its own form. Which of them a target
+gets is chosen by timing them on that target's runtime (``choose_forms``).
+
+* ``axis_pool``: a one-axis ``ReduceMean`` / ``ReduceMax`` over H or W of a 4-D tensor of
+  fixed size -> ``AveragePool`` / ``MaxPool`` with kernel [H, 1] or [1, W]. CPU runtimes
+  run pooling in their blocked layouts and a one-axis reduction in plain NCHW; the pool
+  kernel holds at the exported spatial size only, the ReduceMean at any.
+* ``global_pool``: ``ReduceMean`` / ``ReduceMax`` over [2, 3] -> ``GlobalAveragePool`` /
+  ``GlobalMaxPool``.
+* ``unsplit``: ``Concat(a, b, ...)`` -> ops that act on each position of the concatenated
+  axis alone (1x1 convolutions, BatchNorm, activations, per-channel constants) ->
+  ``Split`` at the same boundaries becomes one copy of those ops per input, and a
+  ``Transpose`` of H and W that the copy brings next to its inverse cancels out
+  (Coordinate Attention's pool -> concat -> conv -> split -> permute round trip).
+* ``gate_product``: ``x * a * b`` with two broadcast gates (CA's ``x * a_w * a_h``) ->
+  ``x * (a * b)``.
+
+Each is the same function up to float rounding; the export checks every target file
+against PyTorch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+from onnx import helper
+
+from ..graph_rewrite import Graph, GraphPass, _unique_name, apply_passes
+
+POOLS = {"ReduceMean": ("AveragePool", "GlobalAveragePool"),
+         "ReduceMax": ("MaxPool", "GlobalMaxPool")}
+# ops that compute each element from the same position of their (first) input alone
+UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu",
+         "Elu", "Selu", "Softplus", "Mish", "Gelu", "Neg", "Abs", "Exp", "Identity", "Cast"}
+BINARY = {"Add", "Sub", "Mul", "Div"}
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _reduce_axes(g: Graph, node: onnx.NodeProto) -> list[int] | None:
+    """The normalised axes of a keepdims ReduceMean/ReduceMax of a 4-D input, or None."""
+    if node.op_type not in POOLS or _attrs(node).get("keepdims", 1) != 1:
+        return None
+    axes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    axes = axes.tolist() if axes is not None else _attrs(node).get("axes")
+    dims = g.dims.get(node.input[0])
+    if axes is None or dims is None or len(dims) != 4:
+        return None
+    return sorted(a % 4 for a in axes)
+
+
+def _pools(g: Graph, pick: Callable[[onnx.NodeProto, list[int]], onnx.NodeProto | None]
+           ) -> int:
+    swaps = []
+    for node in g.graph.node:
+        axes = _reduce_axes(g, node)
+        new = pick(node, axes) if axes is not None else None
+        if new is not None:
+            swaps.append(([node], new))
+    if swaps:
+        g.replace_all(swaps)
+        g.prune()
+    return len(swaps)
+
+
+def axis_pool(g: Graph) -> int:
+    def pick(node, axes):
+        size = g.dims[node.input[0]]
+        if axes not in ([2], [3]) or not isinstance(size[axes[0]], int):
+            return None
+        kernel = [size[2], 1] if axes == [2] else [1, size[3]]
+        return helper.make_node(POOLS[node.op_type][0], [node.input[0]], list(node.output),
+                                name=_unique_name(g, node.name + "_pool"),
+                                kernel_shape=kernel)
+
+    return _pools(g, pick)
+
+
+def global_pool(g: Graph) -> int:
+    def pick(node, axes):
+        if axes != [2, 3]:
+            return None
+        return helper.make_node(POOLS[node.op_type][1], [node.input[0]], list(node.output),
+                                name=_unique_name(g, node.name + "_pool"))
+
+    return _pools(g, pick)
+
+
+def _positionwise(g: Graph, node: onnx.NodeProto, value: str, axis: int) -> bool:
+    """Whether ``node`` computes each position along spatial ``axis`` of ``value`` from
+    that position alone (so it commutes with Concat/Split and Transpose on that axis)."""
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # per tensor or per channel
+        scale = g.const(node.input[1])
+        return (node.input[0] == value and scale is not None and
+                (scale.size == 1 or _attrs(node).get("axis", 1) % 4 == 1))
+    if node.op_type in UNARY:
+        return node.input[0] == value and all(g.const(i) is not None for i in node.input[1:]
+                                              if i)
+    if node.op_type == "BatchNormalization":
+        return node.input[0] == value and len(node.output) == 1
+    if node.op_type == "Conv":
+        a = _attrs(node)
+        weight = g.dims.get(node.input[1])
+        return (node.input[0] == value and weight is not None and weight[2:] == [1, 1]
+                and set(a.get("strides", [1, 1])) == {1} and not any(a.get("pads", [0]))
+                and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+    if node.op_type in BINARY and value in node.input:
+        other = [i for i in node.input if i != value]
+        const = g.const(other[0]) if len(other) == 1 else None
+        # a constant the same at every spatial position: a scalar or per channel
+        return const is not None and (const.size == 1 or (
+            const.ndim == 4 and const.shape[2] == const.shape[3] == 1) or (
+            const.ndim == 3 and const.shape[1] == const.shape[2] == 1))
+    return False
+
+
+def _chain(g: Graph, start: str, axis: int, stop: Callable[[onnx.NodeProto], bool]
+           ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """The position-wise nodes reading ``start`` one after the other, each read by the next
+    alone, up to the first node ``stop`` accepts: (chain, that node), else None."""
+    nodes, value = [], start
+    while True:
+        users = g.consumers.get(value, [])
+        if len(users) != 1 or value in g.outputs:
+            return None
+        node = users[0]
+        if stop(node):
+            return nodes, node
+        if not _positionwise(g, node, value, axis):
+            return None
+        nodes.append(node)
+        value = node.output[0]
+
+
+def _copy(g: Graph, node: onnx.NodeProto, source: str, old: str, tag: str
+          ) -> onnx.NodeProto:
+    """``node`` reading ``source`` where it read ``old``, with fresh output names."""
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.name = _unique_name(g, f"{node.name}_{tag}")
+    del new.input[:]
+    new.input.extend(source if i == old else i for i in node.input)
+    del new.output[:]
+    new.output.append(_unique_name(g, f"{node.output[0]}_{tag}"))
+    return new
+
+
+def _split_sizes(g: Graph, split: onnx.NodeProto) -> list[int] | None:
+    sizes = g.const(split.input[1]) if len(split.input) > 1 and split.input[1] else None
+    sizes = sizes.tolist() if sizes is not None else _attrs(split).get("split")
+    return [int(s) for s in sizes] if sizes is not None else None
+
+
+def unsplit(g: Graph) -> int:
+    count = 0
+    for concat in list(g.graph.node):
+        if concat.op_type != "Concat" or concat.name not in {n.name for n in g.graph.node}:
+            continue
+        inputs, out = list(concat.input), concat.output[0]
+        shapes = [g.dims.get(i) for i in inputs]
+        if len(inputs) < 2 or any(s is None or len(s) != 4 for s in shapes):
+            continue
+        axis = _attrs(concat)["axis"] % 4
+        sizes = [s[axis] for s in shapes]
+        found = _chain(g, out, axis, lambda n: n.op_type == "Split")
+        if axis not in (2, 3) or found is None or not all(isinstance(s, int) for s in sizes):
+            continue
+        chain, split = found
+        if _attrs(split).get("axis", 0) % 4 != axis or _split_sizes(g, split) != sizes:
+            continue
+        new_nodes = []
+        for k, (src, dst) in enumerate(zip(inputs, split.output)):
+            value, old = src, out
+            for node in chain:
+                copy = _copy(g, node, value, old, f"u{k}")
+                new_nodes.append(copy)
+                value, old = copy.output[0], node.output[0]
+            for user in g.consumers.get(dst, []):  # Split's readers read the copy's end
+                user.input[:] = [value if i == dst else i for i in user.input]
+            if dst in g.outputs:
+                new_nodes.append(helper.make_node("Identity", [value], [dst],
+                                                  name=_unique_name(g, dst + "_out")))
+        gone = {concat.name, split.name, *(n.name for n in chain)}
+        index = min(i for i, n in enumerate(g.graph.node) if n.name in gone)
+        kept = [n for n in g.graph.node if n.name not in gone]
+        del g.graph.node[:]
+        g.graph.node.extend(kept[:index] + new_nodes + kept[index:])
+        g.reindex()
+        count += 1
+    if count:
+        count += _cancel_transposes(g)
+        _infer(g)
+    return count
+
+
+def _hw_swap(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Transpose" and _attrs(node).get("perm") == [0, 1, 3, 2]
+
+
+def _cancel_transposes(g: Graph) -> int:
+    """Transpose(H<->W) -> position-wise ops -> Transpose(H<->W): both transposes go (the
+    ops between them act on each position alone, so they commute with the swap)."""
+    count = 0
+    for first in list(g.graph.node):
+        if not _hw_swap(first) or first.name not in {n.name for n in g.graph.node}:
+            continue
+        found = _chain(g, first.output[0], 2, _hw_swap)
+        if found is None:
+            continue
+        chain, second = found
+        source = first.input[0]
+        if chain:
+            chain[0].input[:] = [source if i == first.output[0] else i
+                                 for i in chain[0].input]
+            end = chain[-1].output[0]
+        else:
+            end = source
+        for user in g.consumers.get(second.output[0], []):
+            user.input[:] = [end if i == second.output[0] else i for i in user.input]
+        if second.output[0] in g.outputs:
+            continue  # leave a graph output's name alone
+        kept = [n for n in g.graph.node if n.name not in (first.name, second.name)]
+        del g.graph.node[:]
+        g.graph.node.extend(kept)
+        g.reindex()
+        count += 1
+    return count
+
+
+def _infer(g: Graph) -> None:
+    inferred = onnx.shape_inference.infer_shapes(g.model)
+    g.model.graph.ClearField("value_info")
+    g.model.graph.value_info.extend(inferred.graph.value_info)
+    g.reindex()
+
+
+def _small(dims: list | None) -> bool:
+    """A broadcast gate: a 4-D tensor with a 1 in H or W (or both)."""
+    return dims is not None and len(dims) == 4 and (dims[2] == 1 or dims[3] == 1)
+
+
+def gate_product(g: Graph) -> int:
+    swaps = []
+    used: set[str] = set()
+    for outer in g.graph.node:
+        if outer.op_type != "Mul" or outer.name in used:
+            continue
+        for inner_name, b in (outer.input, outer.input[::-1]):
+            inner = g.producer.get(inner_name)
+            if inner is None or inner.op_type != "Mul" or not g.private(inner_name, outer) \
+                    or not _small(g.dims.get(b)) or inner.name in used:
+                continue
+            x, a = next(((x, a) for x, a in (inner.input, inner.input[::-1])
+                         if _small(g.dims.get(a)) and not _small(g.dims.get(x))), (None, None))
+            if x is None:
+                continue
+            gate = _unique_name(g, inner_name + "_gates")
+            swaps.append(([inner], helper.make_node("Mul", [a, b], [gate], name=gate)))
+            outer.input[:] = [x, gate]
+            used.update((inner.name, outer.name))
+            break
+    if swaps:
+        g.replace_all(swaps)
+        _infer(g)
+    return len(swaps)
+
+
+FORMS = (
+    GraphPass("axis_pool", axis_pool, True,
+              "one-axis ReduceMean/ReduceMax over H or W at the exported size -> "
+              "AveragePool/MaxPool"),
+    GraphPass("global_pool", global_pool, True,
+              "ReduceMean/ReduceMax over H and W -> GlobalAveragePool/GlobalMaxPool"),
+    GraphPass("unsplit", unsplit, True,
+              "Concat -> position-wise ops -> Split round trip -> one copy per input (and "
+              "the H/W transposes it leaves back to back removed)"),
+    GraphPass("gate_product", gate_product, True,
+              "x * a * b with two broadcast gates -> x * (a * b)"),
+)
+FORM_NAMES = tuple(f.name for f in FORMS)
+
+
+def apply_forms(model: onnx.ModelProto, names: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Apply the named forms to ``model`` (in place, in FORMS order); rewrites per form."""
+    unknown = set(names) - set(FORM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown graph form(s): {', '.join(sorted(unknown))}")
+    model.CopyFrom(onnx.shape_inference.infer_shapes(model))  # the forms read shapes
+    applied = apply_passes(model, tuple(f for f in FORMS if f.name in names))
+    return {f: 0 for f in FORM_NAMES if f in names} | {a.name: a.count for a in applied}

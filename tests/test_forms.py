@@ -1,0 +1,177 @@
+"""CPU graph forms (deploy_attn.pipeline.forms): each rewrite on the graph it is written
+for computes what the graph computed (ONNX Runtime, same inputs), and near misses are
+left alone."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from deploy_attn.attention.coord import CoordAtt
+from deploy_attn.graph_rewrite import rewrite_onnx
+from deploy_attn.pipeline.export import export_onnx
+from deploy_attn.pipeline.forms import FORM_NAMES, apply_forms
+from deploy_attn.pipeline.onnx_io import op_counts
+from deploy_attn.pipeline.simplify import simplify_onnx
+from deploy_attn.rewrite import patch_for_deploy
+
+RNG = np.random.default_rng(0)
+ATOL = 1e-5  # FP32: a pool sums in another order than a reduction
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def same_function(before: onnx.ModelProto, forms, x) -> tuple[onnx.ModelProto, dict]:
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    counts = apply_forms(after, forms)
+    onnx.checker.check_model(after, full_check=True)
+    err = float(np.abs(run(after, x) - run(before, x)).max())
+    assert err <= ATOL, f"{forms}: max abs {err:.3g} > {ATOL}"
+    return after, counts
+
+
+def graph(nodes, x_shape, y_shape=None, inits=()) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def reduce_graph(op, axes, shape=(2, 4, 6, 5), keepdims=1):
+    return graph([helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)], shape,
+                 inits=[("axes", np.array(axes, np.int64))])
+
+
+@pytest.mark.parametrize("op,axes,form,made", [
+    ("ReduceMean", [2], "axis_pool", "AveragePool"),
+    ("ReduceMean", [-1], "axis_pool", "AveragePool"),
+    ("ReduceMax", [3], "axis_pool", "MaxPool"),
+    ("ReduceMean", [2, 3], "global_pool", "GlobalAveragePool"),
+    ("ReduceMax", [-2, -1], "global_pool", "GlobalMaxPool"),
+])
+def test_pool_forms(op, axes, form, made):
+    x = RNG.standard_normal((2, 4, 6, 5), dtype=np.float32)
+    after, counts = same_function(reduce_graph(op, axes), [form], x)
+    assert counts[form] == 1 and op_counts(after) == {made: 1}
+
+
+@pytest.mark.parametrize("model,form", [
+    (reduce_graph("ReduceMean", [1]), "axis_pool"),  # the channel axis: no pool for it
+    (reduce_graph("ReduceMean", [2], keepdims=0), "axis_pool"),  # drops the axis
+    (reduce_graph("ReduceMean", [2, 3]), "axis_pool"),  # a global pool is another form
+    (reduce_graph("ReduceMean", [2]), "global_pool"),
+    (reduce_graph("ReduceMean", [2], shape=(2, 4, "h", 5)), "axis_pool"),  # size unknown
+    (reduce_graph("ReduceMean", [1], shape=(2, 4, 6)), "axis_pool"),  # not 4-D
+])
+def test_pool_forms_leave_near_misses(model, form):
+    assert apply_forms(model, [form])[form] == 0
+    assert op_counts(model)["ReduceMean"] == 1
+
+
+def ca_graph(tmp_path, channels=16, size=(12, 10)) -> onnx.ModelProto:
+    """Our Coordinate Attention's deploy graph as the export writes it (ReduceMean pools,
+    Concat -> 1x1 conv -> HardSwish -> Split, H/W transposes, x * a_w * a_h)."""
+    torch.manual_seed(0)
+    module = CoordAtt(channels, reduction=4)
+    for bn in (module.bn1,):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    model = patch_for_deploy(module.eval())[0]
+    export_onnx(model, (1, channels, *size), tmp_path / "raw.onnx")
+    rewrite_onnx(tmp_path / "raw.onnx", tmp_path / "passes.onnx")  # as the export does
+    simplify_onnx(tmp_path / "passes.onnx", tmp_path / "ca.onnx")
+    return onnx.load(str(tmp_path / "ca.onnx"))
+
+
+def test_unsplit_removes_the_concat_split_round_trip_and_the_transposes(tmp_path):
+    before = ca_graph(tmp_path)
+    assert {"Concat", "Split", "Transpose"} <= set(op_counts(before))
+    x = RNG.standard_normal((1, 16, 12, 10), dtype=np.float32)
+    after, counts = same_function(before, ["unsplit"], x)
+    ops = op_counts(after)
+    assert not {"Concat", "Split", "Transpose"} & set(ops), ops
+    assert counts["unsplit"] == 2  # one round trip, one transpose pair
+    assert ops["Conv"] == op_counts(before)["Conv"] + 1  # the shared 1x1 conv, twice
+    assert ops["HardSwish"] == 2
+
+
+def test_all_forms_on_coordinate_attention(tmp_path):
+    before = ca_graph(tmp_path)
+    x = RNG.standard_normal((1, 16, 12, 10), dtype=np.float32)
+    after, counts = same_function(before, FORM_NAMES, x)
+    assert counts == {"axis_pool": 2, "global_pool": 0, "unsplit": 2, "gate_product": 1}
+    ops = op_counts(after)
+    assert ops["AveragePool"] == 2 and "ReduceMean" not in ops
+    muls = [n for n in after.graph.node if n.op_type == "Mul"]
+    # x * (a_w * a_h): the gates multiply each other first, the input once
+    x_name = after.graph.input[0].name
+    assert len(muls) == 2 and [x_name in n.input for n in muls] == [False, True], muls
+
+
+def test_unsplit_near_misses(tmp_path):
+    x = RNG.standard_normal((1, 4, 6, 6), dtype=np.float32)
+    w1 = RNG.standard_normal((4, 4, 1, 1), dtype=np.float32)
+    w3 = RNG.standard_normal((4, 4, 3, 3), dtype=np.float32)
+
+    def round_trip(conv_w, split=(6, 6), axis=2, extra_reader=False):
+        nodes = [helper.make_node("Relu", ["x"], ["a"]),
+                 helper.make_node("Sigmoid", ["x"], ["b"]),
+                 helper.make_node("Concat", ["a", "b"], ["c"], axis=axis),
+                 helper.make_node("Conv", ["c", "w"], ["d"],
+                                  pads=[1, 1, 1, 1] if conv_w.shape[2] == 3 else [0] * 4),
+                 helper.make_node("Split", ["d", "sizes"], ["s0", "s1"], axis=axis),
+                 helper.make_node("Add", ["s0", "s1"], ["y" if not extra_reader else "e"])]
+        if extra_reader:  # the conv's output is read outside the round trip as well
+            nodes += [helper.make_node("ReduceMean", ["d", "ax"], ["m"]),
+                      helper.make_node("Add", ["e", "m"], ["y"])]
+        return graph(nodes, (1, 4, 6, 6), inits=[("w", conv_w), ("sizes",
+                     np.array(split, np.int64)), ("ax", np.array([2], np.int64))])
+
+    after, counts = same_function(round_trip(w1), ["unsplit"], x)  # the hit, for contrast
+    assert counts["unsplit"] == 1 and "Concat" not in op_counts(after)
+    for model in (round_trip(w3), round_trip(w1, split=(4, 8)),
+                  round_trip(w1, extra_reader=True)):
+        assert apply_forms(model, ["unsplit"])["unsplit"] == 0
+
+
+def test_unsplit_passes_per_tensor_quantization():
+    """Q/DQ with one scale act on each position alone: the round trip still unsplits."""
+    nodes = [helper.make_node("Concat", ["x", "x"], ["c"], axis=3),
+             helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Split", ["dq", "sizes"], ["s0", "s1"], axis=3),
+             helper.make_node("Mul", ["s0", "s1"], ["y"])]
+    model = graph(nodes, (1, 2, 3, 4), inits=[
+        ("s", np.float32(0.05)), ("z", np.int8(0)), ("sizes", np.array([4, 4], np.int64))])
+    x = RNG.standard_normal((1, 2, 3, 4), dtype=np.float32)
+    after, counts = same_function(model, ["unsplit"], x)
+    assert counts["unsplit"] == 1 and op_counts(after)["QuantizeLinear"] == 2
+
+
+def test_gate_product_needs_two_broadcast_gates():
+    def mul_graph(b_shape):
+        nodes = [helper.make_node("Sigmoid", ["x"], ["sx"]),
+                 helper.make_node("ReduceMean", ["x", "ax3"], ["a"]),
+                 helper.make_node("ReduceMean", ["x", "ax2"], ["b0"]) if b_shape == "gate"
+                 else helper.make_node("Relu", ["x"], ["b0"]),
+                 helper.make_node("Mul", ["sx", "a"], ["m"]),
+                 helper.make_node("Mul", ["m", "b0"], ["y"])]
+        return graph(nodes, (1, 3, 5, 4), inits=[("ax3", np.array([3], np.int64)),
+                                                 ("ax2", np.array([2], np.int64))])
+
+    x = RNG.standard_normal((1, 3, 5, 4), dtype=np.float32)
+    after, counts = same_function(mul_graph("gate"), ["gate_product"], x)
+    assert counts["gate_product"] == 1
+    assert apply_forms(mul_graph("full"), ["gate_product"])["gate_product"] == 0
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(ValueError, match="unknown graph form"):
+        apply_forms(reduce_graph("ReduceMean", [2]), ["averagepool"])
