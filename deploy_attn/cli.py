@@ -64,6 +64,7 @@ def _needs_precision(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline.job import ExportConfig, export_job
+    from .pipeline.targets import forms_note
     from .sources import load_source
 
     _needs_precision(args)
@@ -101,7 +102,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
     for fmt, forms in rep.get("targets", {}).items():
         for precision, entry in forms.items():
-            _print_parity(f"{fmt} {precision}", entry["results"][0], entry["runtime"])
+            _print_parity(f"{fmt} {precision}", entry["results"][0],
+                          f"{entry['runtime']}; {forms_note(entry.get('forms'))}")
     weights = f" (weights: {card.weights.describe()})" if card.weights else ""
     files = ", ".join(str(result.directory / f) for f in list(rep["files"].values()) + [
         name for forms in rep.get("targets", {}).values() for t in forms.values()
@@ -418,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", type=_csv, default=[], metavar="F[,F]",
                     help="CPU targets of every artifact, each checked against PyTorch: "
                          "openvino (IR: model[.P].xml/.bin; needs the [openvino] extra), ort "
-                         "(ONNX Runtime's mobile format model[.P].ort + its operator config)")
+                         "(ONNX Runtime's mobile format model[.P].ort + its operator config), "
+                         "onnx-cpu (the ONNX graph for ONNX Runtime on a CPU: "
+                         "model[.P].cpu.onnx); each in its runtime's graph form")
     ex.add_argument("--fp16-threshold", type=_positive_float, default=AUTOCAST_MAX,
                     help="keep a node FP32 when its activations exceed this "
                          f"(default {AUTOCAST_MAX:g}, AutoCast's)")

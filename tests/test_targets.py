@@ -15,6 +15,7 @@ from deploy_attn.pipeline import targets
 from deploy_attn.pipeline.artifacts import STAGING_PREFIX
 from deploy_attn.pipeline.bench import bench
 from deploy_attn.pipeline.job import open_export, read_report, verify_artifacts
+from deploy_attn.pipeline.onnx_io import op_counts
 from deploy_attn.pipeline.parity import TOLERANCES, compare, torch_outputs
 
 from .test_cli import run_cli
@@ -22,12 +23,12 @@ from .test_cli import run_cli
 OV_MISSING = targets.openvino_missing()
 needs_openvino = pytest.mark.skipif(OV_MISSING is not None, reason=OV_MISSING or "")
 FORMS = ("fp16", "int8-fp32", "int8")
-FORMATS = ("ort",) if OV_MISSING else ("openvino", "ort")
+FORMATS = ("ort", "onnx-cpu") if OV_MISSING else ("openvino", "ort", "onnx-cpu")
 
 
 @pytest.fixture(scope="module")
 def ca_targets(tmp_path_factory):
-    """Coordinate Attention at every precision with both CPU targets."""
+    """Coordinate Attention at every precision with every CPU target."""
     out = tmp_path_factory.mktemp("ca")
     return export("ca", out_dir=out, precisions=FORMS, calib_count=8, formats=FORMATS)
 
@@ -50,6 +51,34 @@ def test_every_artifact_has_its_targets_and_they_match_pytorch(ca_targets):
             if precision == "fp32":  # elementwise, at the export's measured FP32 tolerance
                 atol = report["targets"][fmt]["fp32"]["tolerance"]["atol"]
                 assert r.max_abs <= atol + 1e-3 * float(np.abs(ref).max()), r.max_abs
+
+
+def one_axis_reductions(model: onnx.ModelProto) -> int:
+    axes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+    return sum(n.op_type == "ReduceMean" and axes.get(n.input[1]) in ([2], [3])
+               for n in model.graph.node)
+
+
+def test_each_target_takes_its_runtimes_graph_forms(ca_targets):
+    """model.onnx keeps the TensorRT form (one-axis ReduceMean, Concat/Split); each target
+    file is made from the forms TARGET_FORMS names for its runtime, and says so."""
+    directory, report = ca_targets.directory, ca_targets.report
+    trt = onnx.load(str(directory / "model.onnx"))
+    assert one_axis_reductions(trt) == 2 and {"Concat", "Split"} <= set(op_counts(trt))
+    cpu = onnx.load(str(directory / "model.cpu.onnx"))
+    ops = op_counts(cpu)
+    assert one_axis_reductions(cpu) == 0 and ops["AveragePool"] == 2, ops
+    assert not {"Concat", "Split", "Transpose"} & set(ops), ops
+    for fmt in FORMATS:
+        wanted = set(targets.TARGET_FORMS[fmt])
+        for precision, entry in report["targets"][fmt].items():
+            assert set(entry["forms"]) <= wanted, (fmt, precision, entry["forms"])
+            assert entry["forms"].get("gate_product") == (1 if "gate_product" in wanted
+                                                          else None), (fmt, precision)
+            if "axis_pool" in wanted:  # every precision's graph, Q/DQ and FP16 ones too
+                assert entry["forms"]["axis_pool"] == 2, (fmt, precision, entry["forms"])
+    fp16 = onnx.load(str(directory / "model.fp16.cpu.onnx"))
+    assert one_axis_reductions(fp16) == 0
 
 
 def test_ort_files_load_in_a_plain_session_with_their_operator_config(ca_targets):
@@ -95,7 +124,7 @@ def test_check_confirms_each_artifact_on_a_second_runtime(ca_targets, capsys):
     checked = verify_artifacts(ca_targets.directory)
     for precision, r in checked.items():
         runtimes = {s["runtime"] for s in r["second"]}
-        assert runtimes == {targets.RUNTIMES["openvino"], targets.RUNTIMES["ort"]}, runtimes
+        assert runtimes == {targets.RUNTIMES[f] for f in FORMATS}, runtimes
         assert all(s["ok"] for s in r["second"]), (precision, r["second"])
     code, out, _ = run_cli(capsys, "check", str(ca_targets.directory))
     assert code == 0
@@ -155,7 +184,7 @@ def test_a_target_outside_tolerance_is_recorded_and_not_written(tmp_path, monkey
 
 def test_unknown_format_and_missing_openvino_are_one_line_errors(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--format", "tflite")
-    assert code == 1 and "unknown format tflite; choose from openvino, ort" in err
+    assert code == 1 and "unknown format tflite; choose from openvino, ort, onnx-cpu" in err
     with pytest.raises(ConfigError):
         export("se", out_dir=tmp_path, formats=("coreml",))
 
@@ -186,5 +215,7 @@ def test_write_ort_refuses_a_file_it_cannot_convert(tmp_path):
                               [value("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph), str(bad))
     with pytest.raises(ArtifactError, match="no ORT-format file.*NoSuchOp"):
-        targets.write_target("ort", bad)
+        targets.write_ort(bad, tmp_path / "model.ort")
+    with pytest.raises(ArtifactError, match="invalid ONNX model.*NoSuchOp"):
+        targets.write_target("ort", bad)  # refused on reading, before its graph forms
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -39,10 +39,14 @@ BACKENDS: dict[str, str | None] = {
     # ONNX Runtime on the ORT-format file (export --format ort), as a mobile build runs it
     "ortmobile-fp32": "fp32", "ortmobile-fp16": "fp16", "ortmobile-int8": "int8",
     "ortmobile-int8-fp32": "int8-fp32",
+    # ONNX Runtime CPU on the CPU-form ONNX file (export --format onnx-cpu)
+    "ortcpu-fp32": "fp32", "ortcpu-fp16": "fp16", "ortcpu-int8": "int8",
+    "ortcpu-int8-fp32": "int8-fp32",
 }
 # the backends that run a CPU target file (export --format), by format
-TARGET_BACKENDS = {b: "openvino" if b.startswith("ov-") else "ort" for b in BACKENDS
-                   if b.startswith(("ov-", "ortmobile-"))}
+TARGET_PREFIXES = {"ov-": "openvino", "ortmobile-": "ort", "ortcpu-": "onnx-cpu"}
+TARGET_BACKENDS = {b: fmt for b in BACKENDS for prefix, fmt in TARGET_PREFIXES.items()
+                   if b.startswith(prefix)}
 BLOCK = 10  # timed calls per backend per round
 SETTLE_S = 0.25  # untimed running before each block (see interleaved_times)
 DEFAULT_BACKENDS = ("torch", "ort-fp32", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")

@@ -39,7 +39,7 @@ REPORT_FILE = "report.json"
 FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself is untouched
 # files an export owns: a new export replaces them all (engines and benchmarks belong to
 # the model they were made from)
-OWNED = re.compile(r"^(model(\.[\w-]+)?\.(onnx|engine|engine\.json|xml|bin|ort|"
+OWNED = re.compile(r"^(model(\.[\w-]+){0,2}\.(onnx|engine|engine\.json|xml|bin|ort|"
                    r"required_operators\.config)|report\.json|bench\.json|"
                    r"accuracy\.json|maps\.json|maps|"
                    rf"{re.escape(FAILED_REPORT)}|{re.escape(REFERENCE_STATE)})$")
@@ -283,12 +283,12 @@ def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage
     for fmt in cfg.formats:
         for precision, name in report["files"].items():
             progress(f"{fmt}: {precision} ({name})")
-            files = write_target(fmt, stage / name)
+            files, forms = write_target(fmt, stage / name)
             tol = tolerances[precision]
             result = compare(run_target(fmt, stage / files[0], x), ref, tol,
                              classifier=card.classifier)
             entry = {"files": files, "tolerance": asdict(tol), "results": [result.as_dict()],
-                     "ok": result.ok, "runtime": RUNTIMES[fmt]}
+                     "ok": result.ok, "runtime": RUNTIMES[fmt], "forms": forms}
             if result.ok:
                 written += files
             else:

@@ -25,6 +25,7 @@ from .bench import BENCH_FILE, environment, latency_table, settings_line
 from .job import PRECISIONS, REPORT_FILE, read_report
 from .maps import MAPS_FILE
 from .parity import FP16, FP32, INT8
+from .targets import forms_note
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -186,7 +187,8 @@ def precision_rows(rec: ModelRecord) -> list[list[str]]:
             rows.append([f"{precision} {fmt}", "pass" if t.get("ok") else "FAIL",
                          _threshold(t.get("tolerance", {})),
                          _fmt(w.get("max_abs")), _fmt(w.get("cosine"), ".6f"),
-                         _fmt(w.get("top1_agreement"), ".3f"), "-", t.get("runtime", ""),
+                         _fmt(w.get("top1_agreement"), ".3f"), "-", t.get("runtime", "")
+                         + "; " + forms_note(t.get("forms")),
                          ", ".join(f"{f}: {_size(rec.directory / f)}" for f in t["files"])
                          or "not written"])
     for precision, eng in rec.report.get("engines", {}).items():

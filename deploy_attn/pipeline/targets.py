@@ -1,6 +1,10 @@
-"""CPU deployment targets beside the ONNX files: OpenVINO IR (``model[.P].xml/.bin``) and
+"""CPU deployment targets beside the ONNX files: OpenVINO IR (``model[.P].xml/.bin``),
 ONNX Runtime's mobile format (``model[.P].ort`` plus the operator config a minimal
-mobile build needs), and OpenVINO as a second runtime for every artifact.
+mobile build needs) and the ONNX graph for ONNX Runtime on a CPU (``model[.P].cpu.onnx``),
+and OpenVINO as a second runtime for every artifact.
+
+Each target's graph takes the CPU graph forms (``forms.py``) measured to help on its
+runtime (``TARGET_FORMS``); the ONNX files themselves keep the TensorRT form.
 
 OpenVINO is optional (``pip install "deploy-attn[openvino]"``); without it the OpenVINO
 parts say so in one line, and ``check``/``bench`` list them as skipped with the reason.
@@ -17,10 +21,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import onnx
 
 from ..errors import ArtifactError, DeployAttnError, first_line
 
-FORMATS = ("openvino", "ort")
+FORMATS = ("openvino", "ort", "onnx-cpu")
 ORT_OPERATORS = "required_operators.config"  # for ONNX Runtime's minimal (mobile) build
 
 
@@ -46,19 +51,57 @@ def openvino_missing() -> str | None:
 
 
 RUNTIMES = {"openvino": "OpenVINO CPU, FP32 inference precision (Q/DQ as INT8 kernels)",
-            "ort": "ONNX Runtime CPU on the ORT-format file"}
-SUFFIXES = {"openvino": ".xml", "ort": ".ort"}
+            "ort": "ONNX Runtime CPU on the ORT-format file",
+            "onnx-cpu": "ONNX Runtime CPU on the CPU-form ONNX file"}
+SUFFIXES = {"openvino": ".xml", "ort": ".ort", "onnx-cpu": ".cpu.onnx"}
+# The graph forms each target gets, chosen by benchmarks/forms.py (README, "CPU graph
+# forms"): a form is kept for a runtime where it made the graph faster on some model and
+# slower (beyond timing noise) on none. global_pool made no difference anywhere (OpenVINO
+# runs GlobalAveragePool as its ReduceMean); gate_product helps ONNX Runtime, whose Mul is
+# one pass each, and not OpenVINO, which fuses x * a * b already. The ORT format runs
+# without ONNX Runtime's x86 NCHWc layouts, where no form helped: it keeps the graph.
+TARGET_FORMS = {"openvino": ("axis_pool", "unsplit"),
+                "onnx-cpu": ("axis_pool", "unsplit", "gate_product"),
+                "ort": ()}
 
 
-def write_target(fmt: str, onnx_path: Path) -> list[str]:
-    """The ``fmt`` form of an ONNX file, beside it; the names of the files written."""
+def forms_note(forms: dict[str, int] | None) -> str:
+    """The graph forms a target's graph took, as the CLI and the report print them."""
+    if not forms:
+        return "the TensorRT graph as it is"
+    return "graph forms: " + ", ".join(f"{k} ({v})" for k, v in forms.items())
+
+
+def write_target(fmt: str, onnx_path: Path) -> tuple[list[str], dict[str, int]]:
+    """The ``fmt`` form of an ONNX file, beside it, with the target's graph forms: the
+    names of the files written and the rewrites each form made."""
+    from .forms import apply_forms
+    from .onnx_io import load_onnx
+
     dst = onnx_path.with_suffix(SUFFIXES[fmt])
-    return write_ir(onnx_path, dst) if fmt == "openvino" else write_ort(onnx_path, dst)
+    model = load_onnx(onnx_path)
+    try:
+        counts = apply_forms(model, TARGET_FORMS[fmt])
+    except Exception as exc:  # a graph the forms' shape inference cannot read
+        raise ArtifactError(f"{onnx_path}: no {fmt} graph form: {first_line(exc)}") from None
+    counts = {k: v for k, v in counts.items() if v}
+    if fmt == "onnx-cpu":
+        from .artifacts import atomic_path
+
+        with atomic_path(dst) as tmp:
+            onnx.save(model, str(tmp))
+        return [dst.name], counts
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".form-") as tmp:
+        src = Path(tmp) / onnx_path.name
+        onnx.save(model, str(src))
+        writer = write_ir if fmt == "openvino" else write_ort
+        return writer(src, dst), counts
 
 
 def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
-    """The first output of ``path`` (an IR or ONNX file on OpenVINO, an ORT-format file on
-    ONNX Runtime) on ``x``, in the configuration whose numerics the checks trust."""
+    """The first output of ``path`` (an IR or ONNX file on OpenVINO, an ORT-format or
+    ONNX file on ONNX Runtime) on ``x``, in the configuration whose numerics the checks
+    trust."""
     if fmt == "openvino":
         return ov_outputs(ov_compile(path), x)
     from .parity import ort_outputs, ort_session
