@@ -178,3 +178,23 @@ def test_bad_datasets_are_one_line(exports, tmp_path, capfd, case):
     assert message in err[-1], err[-1]
     assert "Traceback" not in "\n".join(err)
     assert sorted(p.name for p in target.iterdir()) == before  # nothing written
+
+
+def test_cpu_target_files_are_scored_on_their_runtimes(tmp_path):
+    from deploy_attn.pipeline.targets import openvino_missing
+
+    formats = ("onnx-cpu", "ort") + (() if openvino_missing() else ("openvino",))
+    cls = deploy_attn.export("tests.foreign_models:SmallNet", out_dir=tmp_path / "cls",
+                             input_size=(SIZE, SIZE), precisions=("fp16",),
+                             formats=formats).directory
+    result = accuracy.evaluate(cls, _image_folder(tmp_path / "data"), save=False)
+    forms = {f["form"]: f for f in result.forms}
+    prefixes = {"onnx-cpu": "ortcpu", "ort": "ortmobile", "openvino": "ov"}
+    for fmt in formats:
+        for precision in ("fp32", "fp16"):
+            f = forms[f"{prefixes[fmt]}-{precision}"]
+            assert f["status"] == "ok" and f["ok"], f
+            # an FP32 target scores as PyTorch does: same predictions on all 20 images
+            if precision == "fp32":
+                assert f["agreement"] == 100.0 and f["drop"] == 0.0, f
+    assert forms["ortcpu-fp16"]["artifact"] == "model.fp16.cpu.onnx"

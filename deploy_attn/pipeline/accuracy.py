@@ -373,30 +373,32 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
     inputs = _inputs(dataset, pre)
 
     engines = exp.report.get("engines", {})
-    # (form, artifact, the runner to enter (None: skipped), why skipped)
-    forms: list[tuple[str, str | None, ContextManager[Callable] | None, str | None]] = [
-        ("pytorch", None, contextlib.nullcontext(lambda x: torch_outputs(card.module, x)),
-         None)]
+    # (form, precision, artifact, the runner to enter (None: skipped), why skipped)
+    forms: list[tuple[str, str | None, str | None, ContextManager[Callable] | None,
+                      str | None]] = [
+        ("pytorch", None, None,
+         contextlib.nullcontext(lambda x: torch_outputs(card.module, x)), None)]
     static = exp.report["input_shape"][0] if not exp.cfg.dynamic_batch else None
     for p in wanted:
         # partial, not a lambda: each form keeps its own session
         run = functools.partial(ort_outputs, ort_session(Path(directory) / files[p], verify=True))
-        forms.append((p, files[p], contextlib.nullcontext(run), None))
+        forms.append((p, p, files[p], contextlib.nullcontext(run), None))
+    forms += _target_forms(Path(directory), exp.report.get("targets", {}), wanted)
     for p in engines:
         if precisions is not None and p not in precisions:
             continue
         try:
             require_tensorrt(exp.name, p)
-            forms.append((f"trt-{p}", engine_path_for(directory, p).name,
+            forms.append((f"trt-{p}", p, engine_path_for(directory, p).name,
                           _engine_runner(engine_path_for(directory, p), inputs[:1]), None))
         except TensorRTUnavailable as exc:
-            forms.append((f"trt-{p}", engines[p].get("file"), None, str(exc)))
+            forms.append((f"trt-{p}", p, engines[p].get("file"), None, str(exc)))
     step = static or batch
-    total = len(dataset.images) * sum(1 for f in forms if f[2] is not None)
+    total = len(dataset.images) * sum(1 for f in forms if f[3] is not None)
     bar = progress_bar(total, f"accuracy {exp.name}", unit="img", disable=not progress)
     results, reference = [], None
     try:
-        for form, artifact, runner, reason in forms:
+        for form, precision, artifact, runner, reason in forms:
             if runner is None:
                 results.append({"form": form, "artifact": artifact, "status": "skipped",
                                 "reason": reason})
@@ -411,7 +413,6 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
                                 "metrics": _metrics(preds, dataset)})
                 continue
             entry = compare_forms(reference, preds, dataset)
-            precision = form.removeprefix("trt-")
             limit = max_drop if max_drop is not None else MAX_DROP.get(precision, 0.0)
             entry.update(form=form, artifact=artifact, status="ok", max_drop=limit,
                          ok=entry["drop"] <= limit)
@@ -424,6 +425,31 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
         with directory_lock(Path(directory)):
             write_json(Path(directory) / ACCURACY_FILE, result.as_dict())
     return result
+
+
+def _target_forms(directory: Path, targets: dict, wanted: Sequence[str]) -> list[tuple]:
+    """The CPU target files of the ``wanted`` precisions (export --format) as forms, named
+    as bench's backends: ``ov-P`` on OpenVINO, ``ortmobile-P`` (the ORT format) and
+    ``ortcpu-P`` (the CPU-form ONNX) on ONNX Runtime. A target that failed its parity
+    check, or whose runtime is missing, is listed as skipped with the reason."""
+    from .bench import TARGET_PREFIXES
+    from .parity import ort_outputs, ort_session
+    from .targets import openvino_missing, ov_compile, ov_outputs
+
+    prefix = {fmt: p for p, fmt in TARGET_PREFIXES.items()}
+    out = []
+    for fmt, entries in targets.items():
+        for p in (p for p in wanted if p in entries):
+            entry, form = entries[p], prefix[fmt] + p
+            missing = openvino_missing() if fmt == "openvino" else None
+            if not entry["ok"] or missing:
+                out.append((form, p, None, None, entry.get("reason") or missing))
+                continue
+            path = directory / entry["files"][0]
+            run = (functools.partial(ov_outputs, ov_compile(path)) if fmt == "openvino" else
+                   functools.partial(ort_outputs, ort_session(path, verify=True)))
+            out.append((form, p, path.name, contextlib.nullcontext(run), None))
+    return out
 
 
 @contextlib.contextmanager
