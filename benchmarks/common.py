@@ -58,6 +58,17 @@ def exported(name: str, work: Path) -> Path:
     return directory / "model.onnx"
 
 
+def cpu_targets(name: str, work: Path) -> dict[str, Path]:
+    """The FP32 CPU target files of ``name`` (each in its runtime's graph forms), exported
+    once: {'onnx-cpu': model.cpu.onnx, 'openvino': model.xml}."""
+    directory = work / name / "targets"
+    files = {"onnx-cpu": directory / "model.cpu.onnx", "openvino": directory / "model.xml"}
+    if not all(f.is_file() for f in files.values()):
+        log(f"export {name} --format {','.join(files)}")
+        export(name, out_dir=directory, formats=tuple(files))
+    return files
+
+
 def plain_export(name: str, work: Path) -> tuple[Path | None, str]:
     """The reference module exported as it is: (path, '') or (None, why it failed)."""
     directory = work / name
@@ -104,29 +115,76 @@ def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
     return out
 
 
-def op_profile(path: Path, x: np.ndarray, threads: int, runs: int,
-               warmup: int = 5) -> dict[str, float]:
-    """Kernel milliseconds per run by ONNX Runtime op type (after its fusions and layout
-    changes: FusedConv, ReorderInput/ReorderOutput for the NCHWc layout), from ORT's
-    profiler over ``runs`` runs; the ``warmup`` runs before them are left out."""
+def profiles(paths: Mapping[str, Path], x: np.ndarray, threads: int, runs: int,
+             warmup: int = 5, runtimes: tuple[str, ...] = ("ort", "openvino")
+             ) -> dict[str, dict[str, dict[str, float]]]:
+    """Milliseconds per run by op type, {runtime: {key: {op: ms}}}, for every graph in
+    ``paths``, profiled in interleaved blocks (as ``measure`` times them), so a neighbour's
+    load falls on every graph alike.
+
+    * ``ort``: ONNX Runtime's profiler, kernel time by op type after its fusions and
+      layout changes (FusedConv, ReorderInput/ReorderOutput for the NCHWc layout);
+    * ``openvino``: OpenVINO's per-layer performance counters by layer type and kernel
+      (``Convolution brgconv_avx512_1x1_f32``: its runtime graph, after fusions)."""
     import json
     from collections import Counter
 
-    session = ort_session(path, threads, sequential=True, profile_prefix=path.parent / "prof")
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(warmup + runs):
-        session.run(None, feed)
-    trace = Path(session.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    first = starts[warmup]
-    totals: Counter = Counter()
-    for event in events:
-        if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
-                and event["ts"] >= first):
-            totals[event["args"]["op_name"]] += event["dur"] / 1000 / runs
-    return dict(totals)
+    from deploy_attn.pipeline.targets import ov_config, require_openvino
+
+    totals: dict[tuple[str, str], Counter] = {(r, k): Counter() for r in runtimes
+                                              for k in paths}
+    sessions, requests = {}, {}
+    for key, path in paths.items():
+        if "ort" in runtimes:
+            sessions[key] = ort_session(path, threads, sequential=True,
+                                        profile_prefix=path.parent / f"prof-{path.stem}")
+        if "openvino" in runtimes:
+            ov = require_openvino()
+            core = ov.Core()
+            requests[key] = core.compile_model(core.read_model(str(path)), "CPU", {
+                **ov_config(threads), "PERF_COUNT": True}).create_infer_request()
+
+    def ov_run(key: str, counted: bool) -> None:
+        requests[key].infer({0: x})
+        for layer in requests[key].get_profiling_info() if counted else ():
+            if layer.status.name == "EXECUTED":
+                totals["openvino", key][f"{layer.node_type} {layer.exec_type}"] += \
+                    layer.real_time.total_seconds() * 1000 / runs
+
+    def ort_run(key: str, _: bool) -> None:
+        sessions[key].run(None, {sessions[key].get_inputs()[0].name: x})
+
+    for key in paths:
+        for run in ([ort_run] if sessions else []) + ([ov_run] if requests else []):
+            for _ in range(warmup):
+                run(key, False)
+    for start in range(0, runs, BLOCK):
+        for key in paths:
+            for run in ([ort_run] if sessions else []) + ([ov_run] if requests else []):
+                for _ in range(min(BLOCK, runs - start)):
+                    run(key, True)
+    for key, session in sessions.items():
+        trace = Path(session.end_profiling())
+        events = json.loads(trace.read_text())
+        trace.unlink()
+        first = sorted(e["ts"] for e in events if e.get("name") == "model_run")[warmup]
+        for event in events:
+            if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                    and event["ts"] >= first):
+                totals["ort", key][event["args"]["op_name"]] += event["dur"] / 1000 / runs
+    return {r: {k: dict(totals[r, k]) for k in paths} for r in runtimes}
+
+
+def profile_table(title: str, prof: Mapping[str, Mapping[str, float]]) -> None:
+    """Two graphs' profiles side by side (op, a, b, b - a), largest first, with totals."""
+    (ka, a), (kb, b) = prof.items()
+    ops = sorted(set(a) | set(b), key=lambda o: -max(a.get(o, 0), b.get(o, 0)))
+    print(f"\n{title}")
+    print_table(["op", ka, kb, f"{kb} - {ka}"],
+                [[o, f"{a.get(o, 0):.3f}", f"{b.get(o, 0):.3f}",
+                  f"{b.get(o, 0) - a.get(o, 0):+.3f}"] for o in ops]
+                + [["total", f"{sum(a.values()):.3f}", f"{sum(b.values()):.3f}",
+                    f"{sum(b.values()) - sum(a.values()):+.3f}"]])
 
 
 def reference_outputs(name: str, x: np.ndarray) -> np.ndarray:
@@ -137,9 +195,25 @@ def reference_outputs(name: str, x: np.ndarray) -> np.ndarray:
 
 def measure(fns: Mapping[str, Callable[[], Any]], args: argparse.Namespace) -> dict[str, float]:
     """Median ms of each peer, timed interleaved in one loop."""
+    return timed(fns, args)[0]
+
+
+def timed(fns: Mapping[str, Callable[[], Any]], args: argparse.Namespace
+          ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(median ms of each peer, every timing in run order), timed interleaved in one loop."""
     with torch_threads(args.threads):
         times = interleaved_times(fns, args.runs, args.warmup)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def paired(times: Mapping[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of (a's median / b's median) in that round: > 1, b is faster. A
+    neighbour's load on a shared machine moves both peers of a round alike, so this ratio
+    holds still where the medians of a whole run drift apart."""
+    def rounds(k):
+        return [statistics.median(times[k][i:i + BLOCK]) for i in range(0, len(times[k]), BLOCK)]
+
+    return statistics.median(x / y for x, y in zip(rounds(a), rounds(b)))
 
 
 def header(title: str, args: argparse.Namespace) -> None:

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import onnx
-from common import (NOT_SLOWER, exported, footer, header, measure, op_profile, parser,
-                    plain_export,
-                    print_table, work_dir)
+from common import (NOT_SLOWER, exported, footer, header, measure, parser, plain_export,
+                    print_table, profile_table, profiles, work_dir)
 
 import deploy_attn
 from deploy_attn.pipeline.bench import ort_runner
@@ -64,7 +63,7 @@ def main() -> None:
     paths = {n: (exported(n, work), *plain_export(n, work)) for n in args.names}
     header("Rewritten + simplified graph (ours) vs plain torch.onnx.export + onnxsim", args)
     rows, slower, failed, same = [], [], [], []
-    profiles: dict[str, dict[str, dict[str, float]]] = {}
+    found: dict[str, dict[str, dict[str, float]]] = {}
     swaps: list[list] = []
     for name in args.names:
         ours, plain, why = paths[name]
@@ -90,8 +89,8 @@ def main() -> None:
         rows.append([name, n_ours, len(onnx.load(str(plain)).graph.node),
                      f"{ms['ours']:.3f}", f"{ms['plain']:.3f}", f"{ratio:.2f}x", note])
         if args.profile:
-            profiles[name] = {k: op_profile(p, x, args.threads, args.runs)
-                              for k, p in (("ours", ours), ("plain", plain))}
+            found[name] = profiles({"ours": ours, "plain": plain}, x, args.threads,
+                                   args.runs, runtimes=("ort",))["ort"]
             pooled = ours.with_name("ours.avgpool.onnx")
             if pools_as_averagepool(ours, pooled):
                 ms = measure({"ours": ort_runner(ours, x, args.threads),
@@ -112,16 +111,8 @@ def main() -> None:
         print("\nours with its one-axis ReduceMean back as AveragePool (interleaved again):")
         print_table(["module", "ours ms", "ours, AveragePool ms", "plain ms",
                      "plain / ours-AveragePool"], swaps)
-    for name, prof in profiles.items():
-        ops = sorted(set(prof["ours"]) | set(prof["plain"]),
-                     key=lambda k: -max(prof["ours"].get(k, 0), prof["plain"].get(k, 0)))
-        print(f"\n{name}: ONNX Runtime kernel ms per run by op type (profiler)")
-        print_table(["op", "ours", "plain", "ours - plain"],
-                    [[k, f"{prof['ours'].get(k, 0):.3f}", f"{prof['plain'].get(k, 0):.3f}",
-                      f"{prof['ours'].get(k, 0) - prof['plain'].get(k, 0):+.3f}"] for k in ops]
-                    + [["total", f"{sum(prof['ours'].values()):.3f}",
-                        f"{sum(prof['plain'].values()):.3f}",
-                        f"{sum(prof['ours'].values()) - sum(prof['plain'].values()):+.3f}"]])
+    for name, prof in found.items():
+        profile_table(f"{name}: ONNX Runtime kernel ms per run by op type (profiler)", prof)
     footer(t0)
 
 
