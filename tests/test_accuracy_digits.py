@@ -21,13 +21,18 @@ import pytest
 from deploy_attn import cli, open_export
 from deploy_attn.datasets import TrainConfig
 from deploy_attn.pipeline.accuracy import ACCURACY_FILE, dataset_arrays, evaluate, load_dataset
+from deploy_attn.pipeline.bench import TARGET_PREFIXES
 from deploy_attn.pipeline.parity import torch_outputs
+from deploy_attn.pipeline.targets import openvino_missing
 from deploy_attn.sources import default_preprocess
 
 from .conftest import DIGITS_SIZE, one_thread
 
 SIZE = DIGITS_SIZE
 CALIB_COUNT = 128
+# every CPU target: OpenVINO's too where it is installed (CI installs it)
+FORMATS = ("ort", "onnx-cpu") + (() if openvino_missing() else ("openvino",))
+TARGET_PREFIX = {fmt: prefix for prefix, fmt in TARGET_PREFIXES.items()}
 PRE = default_preprocess("backbone", (1, 1, *SIZE))  # the export's, for 1-channel images
 
 
@@ -77,7 +82,8 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
     """``deploy-attn export NAME --weights CKPT`` with FP16 and both INT8 forms,
     calibrated on the training images (the ImageFolder: picks spread over the classes) and
     verified on 32 others; ``--exclude auto`` leaves the most sensitive nodes FP32 if
-    INT8 misses its cosine threshold; ``--format ort`` adds the ORT-format files."""
+    INT8 misses its cosine threshold; ``--format`` adds every CPU target (each must pass
+    its parity check: exit 0)."""
     out = tmp_path_factory.mktemp("digits-export")
     calib = _data(case, digit_sets, "train")
     calib = calib / "images" if case.segment else calib
@@ -87,7 +93,7 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
                          "--num-classes", str(case.classes), "--weights", str(checkpoint),
                          "--precision", "fp16,int8-fp32,int8", "--calib-dir", str(calib),
                          "--calib-count", str(CALIB_COUNT), "--exclude", "auto", "--format",
-                         "ort", "-o", str(out)])
+                         ",".join(FORMATS), "-o", str(out)])
     assert code == 0
     print(f"[digits] export (fp32, fp16, int8-fp32, int8) in {time.perf_counter() - t0:.1f} s")
     return out
@@ -146,7 +152,9 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
         with one_thread():
             result = evaluate(exported, test_data).as_dict()
     forms = {f["form"]: f for f in result["forms"]}
-    assert set(forms) == {"pytorch", "fp32", "fp16", "int8-fp32", "int8"}, forms
+    onnx_forms = ("fp32", "fp16", "int8-fp32", "int8")
+    target_forms = {f"{TARGET_PREFIX[fmt]}{p}" for fmt in FORMATS for p in onnx_forms}
+    assert set(forms) == {"pytorch", *onnx_forms} | target_forms, sorted(forms)
     metric = "miou" if case.segment else "top1"
     figures = {k: round(f["metrics"][metric], 2) for k, f in forms.items()}
     drops = [(k, round(f["drop"], 2), f["drop_ci95"]) for k, f in forms.items() if k != "pytorch"]
@@ -158,10 +166,10 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     assert forms["pytorch"]["metrics"][metric] >= case.min_accuracy, figures
     fp32 = forms["fp32"]
     assert fp32["agreement"] >= (99.99 if case.segment else 100.0), fp32
-    for precision in ("fp16", "int8-fp32", "int8"):  # the command's own drop checks
-        assert forms[precision]["ok"], (precision, forms[precision])
-        lo, hi = forms[precision]["drop_ci95"]
-        assert lo <= forms[precision]["drop"] <= hi
+    for form in ("fp16", "int8-fp32", "int8", *target_forms):  # the command's drop checks
+        assert forms[form]["status"] == "ok" and forms[form]["ok"], (form, forms[form])
+        lo, hi = forms[form]["drop_ci95"]
+        assert lo <= forms[form]["drop"] <= hi
 
 
 def test_digits_ort_format_files_compute_as_their_onnx(case, exported):
@@ -177,3 +185,31 @@ def test_digits_ort_format_files_compute_as_their_onnx(case, exported):
         onnx_cosine = onnx["results"][0]["cosine"]
         assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-4, (precision, cosine,
                                                                    onnx_cosine)
+
+
+@pytest.mark.skipif(openvino_missing() is not None, reason=openvino_missing() or "")
+def test_digits_openvino_int8_computes_as_onnx_in_its_graph_forms(case, exported):
+    """OpenVINO's low-precision transformations ran CA's pool Concat in U8 and put the
+    TensorRT-form Q/DQ graph at cosine 0.989 on the trained mobilenetv2_ca (refused at the
+    0.99 threshold); the OpenVINO target's graph has no Concat there (``unsplit``), and its
+    IR computes as the ONNX file does on ONNX Runtime."""
+    from deploy_attn.pipeline.parity import compare
+    from deploy_attn.pipeline.targets import ov_compile, ov_outputs
+
+    report = json.loads((exported / "report.json").read_text())
+    exp = open_export(exported)
+    x = exp.verify_inputs(exp.cfg.verify_count)
+    ref = torch_outputs(exp.card().module, x)
+    for precision in ("int8-fp32", "int8"):
+        entry = report["targets"]["openvino"][precision]
+        onnx_cosine = report["precisions"][precision]["results"][0]["cosine"]
+        cosine = entry["results"][0]["cosine"]
+        trt_form = compare(ov_outputs(ov_compile(exported / f"model.{precision}.onnx"), x),
+                           ref).cosine
+        print(f"[digits] {case.name} {precision} on OpenVINO: TensorRT-form graph "
+              f"{trt_form:.5f}, target ({entry['forms']}) {cosine:.5f}, ONNX Runtime "
+              f"{onnx_cosine:.5f}")
+        assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-3, (precision, cosine)
+        if case.name == "mobilenetv2_ca":
+            assert entry["forms"].get("unsplit") and trt_form < cosine - 2e-3, (trt_form,
+                                                                               cosine)
