@@ -42,6 +42,7 @@ class Case:
     segment: bool  # per-pixel labels: 0 background, 1 + digit on the digit's strokes
     train: TrainConfig
     min_accuracy: float  # percent (top-1, or mIoU): below this the parity figures prove little
+    refused: tuple[tuple[str, str], ...] = ()  # (format, precision) targets expected refused
 
     @property
     def classes(self) -> int:
@@ -57,8 +58,12 @@ CASES = [
                  marks=pytest.mark.slow),
     # Per-pixel digit classes need the bridge's global context; SGD left the UNet near
     # chance; AdamW learns them (mIoU over background + 10 digit classes; chance ~ 10).
-    pytest.param(Case("unet_cbam", True, TrainConfig(10, 3e-3, "adamw"), 80.0), id="unet_cbam",
-                 marks=pytest.mark.slow),
+    # OpenVINO's INT8 IRs score cosine 0.96 where ONNX Runtime gives 0.9994, and no graph
+    # form applies to this UNet: refused (not isolated; its skip Concats are the suspect,
+    # as CA's pool Concats were)
+    pytest.param(Case("unet_cbam", True, TrainConfig(10, 3e-3, "adamw"), 80.0,
+                      refused=(("openvino", "int8-fp32"), ("openvino", "int8"))),
+                 id="unet_cbam", marks=pytest.mark.slow),
 ]
 
 
@@ -82,8 +87,9 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
     """``deploy-attn export NAME --weights CKPT`` with FP16 and both INT8 forms,
     calibrated on the training images (the ImageFolder: picks spread over the classes) and
     verified on 32 others; ``--exclude auto`` leaves the most sensitive nodes FP32 if
-    INT8 misses its cosine threshold; ``--format`` adds every CPU target (each must pass
-    its parity check: exit 0)."""
+    INT8 misses its cosine threshold; ``--format`` adds every CPU target. Each passes its
+    parity check (exit 0), except where the case names a target it expects refused (exit
+    1, status target-rejected, the ONNX files written)."""
     out = tmp_path_factory.mktemp("digits-export")
     calib = _data(case, digit_sets, "train")
     calib = calib / "images" if case.segment else calib
@@ -94,7 +100,11 @@ def exported(case, checkpoint, digit_sets, tmp_path_factory) -> Path:
                          "--precision", "fp16,int8-fp32,int8", "--calib-dir", str(calib),
                          "--calib-count", str(CALIB_COUNT), "--exclude", "auto", "--format",
                          ",".join(FORMATS), "-o", str(out)])
-    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    refused = {(fmt, p) for fmt, entries in report.get("targets", {}).items()
+               for p, e in entries.items() if not e["ok"]}
+    expected = set(case.refused) if "openvino" in FORMATS else set()
+    assert refused == expected and code == (1 if expected else 0), (code, refused)
     print(f"[digits] export (fp32, fp16, int8-fp32, int8) in {time.perf_counter() - t0:.1f} s")
     return out
 
@@ -156,8 +166,9 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     target_forms = {f"{TARGET_PREFIX[fmt]}{p}" for fmt in FORMATS for p in onnx_forms}
     assert set(forms) == {"pytorch", *onnx_forms} | target_forms, sorted(forms)
     metric = "miou" if case.segment else "top1"
-    figures = {k: round(f["metrics"][metric], 2) for k, f in forms.items()}
-    drops = [(k, round(f["drop"], 2), f["drop_ci95"]) for k, f in forms.items() if k != "pytorch"]
+    scored = {k: f for k, f in forms.items() if f["status"] == "ok"}
+    figures = {k: round(f["metrics"][metric], 2) for k, f in scored.items()}
+    drops = [(k, round(f["drop"], 2), f["drop_ci95"]) for k, f in scored.items() if k != "pytorch"]
     print(f"[digits] {case.name} {metric} on {result['dataset']['images']} test images: "
           f"{figures}; drops {drops}")
 
@@ -166,7 +177,10 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     assert forms["pytorch"]["metrics"][metric] >= case.min_accuracy, figures
     fp32 = forms["fp32"]
     assert fp32["agreement"] >= (99.99 if case.segment else 100.0), fp32
-    for form in ("fp16", "int8-fp32", "int8", *target_forms):  # the command's drop checks
+    refused = {f"{TARGET_PREFIX[fmt]}{p}" for fmt, p in case.refused}
+    for form in refused & set(forms):  # not written: listed, with the reason, not scored
+        assert forms[form]["status"] == "skipped" and "outside" in forms[form]["reason"]
+    for form in ("fp16", "int8-fp32", "int8", *(target_forms - refused)):  # the drop checks
         assert forms[form]["status"] == "ok" and forms[form]["ok"], (form, forms[form])
         lo, hi = forms[form]["drop_ci95"]
         assert lo <= forms[form]["drop"] <= hi
@@ -202,6 +216,8 @@ def test_digits_openvino_int8_computes_as_onnx_in_its_graph_forms(case, exported
     ref = torch_outputs(exp.card().module, x)
     for precision in ("int8-fp32", "int8"):
         entry = report["targets"]["openvino"][precision]
+        if ("openvino", precision) in case.refused:
+            continue
         onnx_cosine = report["precisions"][precision]["results"][0]["cosine"]
         cosine = entry["results"][0]["cosine"]
         trt_form = compare(ov_outputs(ov_compile(exported / f"model.{precision}.onnx"), x),
