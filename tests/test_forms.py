@@ -175,3 +175,35 @@ def test_gate_product_needs_two_broadcast_gates():
 def test_unknown_form_is_refused():
     with pytest.raises(ValueError, match="unknown graph form"):
         apply_forms(reduce_graph("ReduceMean", [2]), ["averagepool"])
+
+
+def test_unsplit_keeps_graph_outputs_where_they_were():
+    """A Split output that is a graph output, and an H/W transpose pair whose second
+    Transpose makes one: the round trip still unsplits, both outputs keep their names and
+    values, and that transpose pair stays (a graph output is never renamed)."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Transpose", ["x"], ["b"], perm=[0, 1, 3, 2]),
+             helper.make_node("Concat", ["a", "b"], ["c"], axis=2),
+             helper.make_node("Sigmoid", ["c"], ["d"]),
+             helper.make_node("Split", ["d", "sizes"], ["y0", "s1"], axis=2),
+             helper.make_node("Transpose", ["s1"], ["y1"], perm=[0, 1, 3, 2])]
+    value = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, (1, 2, 4, 4))],
+                          [value("y0", TensorProto.FLOAT, None),
+                           value("y1", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array([4, 4], np.int64), "sizes")])
+    before = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    counts = apply_forms(after, ["unsplit"])
+    onnx.checker.check_model(after, full_check=True)
+    assert counts["unsplit"] == 1 and op_counts(after)["Transpose"] == 2, op_counts(after)
+    x = RNG.standard_normal((1, 2, 4, 4), dtype=np.float32)
+
+    def outputs(model):
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        return session.run(["y0", "y1"], {"x": x})
+
+    for want, got in zip(outputs(before), outputs(after)):
+        np.testing.assert_array_equal(got, want)

@@ -89,9 +89,9 @@ def global_pool(g: Graph) -> int:
     return _pools(g, pick)
 
 
-def _positionwise(g: Graph, node: onnx.NodeProto, value: str, axis: int) -> bool:
-    """Whether ``node`` computes each position along spatial ``axis`` of ``value`` from
-    that position alone (so it commutes with Concat/Split and Transpose on that axis)."""
+def _positionwise(g: Graph, node: onnx.NodeProto, value: str) -> bool:
+    """Whether ``node`` computes each spatial position of ``value`` from that position
+    alone (so it commutes with a Concat/Split along H or W and with an H/W Transpose)."""
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # per tensor or per channel
         scale = g.const(node.input[1])
         return (node.input[0] == value and scale is not None and
@@ -117,7 +117,7 @@ def _positionwise(g: Graph, node: onnx.NodeProto, value: str, axis: int) -> bool
     return False
 
 
-def _chain(g: Graph, start: str, axis: int, stop: Callable[[onnx.NodeProto], bool]
+def _chain(g: Graph, start: str, stop: Callable[[onnx.NodeProto], bool]
            ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """The position-wise nodes reading ``start`` one after the other, each read by the next
     alone, up to the first node ``stop`` accepts: (chain, that node), else None."""
@@ -129,7 +129,7 @@ def _chain(g: Graph, start: str, axis: int, stop: Callable[[onnx.NodeProto], boo
         node = users[0]
         if stop(node):
             return nodes, node
-        if not _positionwise(g, node, value, axis):
+        if not _positionwise(g, node, value):
             return None
         nodes.append(node)
         value = node.output[0]
@@ -157,7 +157,7 @@ def _split_sizes(g: Graph, split: onnx.NodeProto) -> list[int] | None:
 def unsplit(g: Graph) -> int:
     count = 0
     for concat in list(g.graph.node):
-        if concat.op_type != "Concat" or concat.name not in {n.name for n in g.graph.node}:
+        if concat.op_type != "Concat":  # only the matched Concat goes, never a later one
             continue
         inputs, out = list(concat.input), concat.output[0]
         shapes = [g.dims.get(i) for i in inputs]
@@ -165,7 +165,7 @@ def unsplit(g: Graph) -> int:
             continue
         axis = _attrs(concat)["axis"] % 4
         sizes = [s[axis] for s in shapes]
-        found = _chain(g, out, axis, lambda n: n.op_type == "Split")
+        found = _chain(g, out, lambda n: n.op_type == "Split")
         if axis not in (2, 3) or found is None or not all(isinstance(s, int) for s in sizes):
             continue
         chain, split = found
@@ -203,31 +203,26 @@ def _hw_swap(node: onnx.NodeProto) -> bool:
 def _cancel_transposes(g: Graph) -> int:
     """Transpose(H<->W) -> position-wise ops -> Transpose(H<->W): both transposes go (the
     ops between them act on each position alone, so they commute with the swap)."""
-    count = 0
+    removed: set[str] = set()
     for first in list(g.graph.node):
-        if not _hw_swap(first) or first.name not in {n.name for n in g.graph.node}:
+        if not _hw_swap(first) or first.name in removed:
             continue
-        found = _chain(g, first.output[0], 2, _hw_swap)
-        if found is None:
+        found = _chain(g, first.output[0], _hw_swap)
+        if found is None or found[1].output[0] in g.outputs:  # a graph output keeps its name
             continue
         chain, second = found
-        source = first.input[0]
+        end = chain[-1].output[0] if chain else first.input[0]
         if chain:
-            chain[0].input[:] = [source if i == first.output[0] else i
+            chain[0].input[:] = [first.input[0] if i == first.output[0] else i
                                  for i in chain[0].input]
-            end = chain[-1].output[0]
-        else:
-            end = source
         for user in g.consumers.get(second.output[0], []):
             user.input[:] = [end if i == second.output[0] else i for i in user.input]
-        if second.output[0] in g.outputs:
-            continue  # leave a graph output's name alone
-        kept = [n for n in g.graph.node if n.name not in (first.name, second.name)]
+        removed |= {first.name, second.name}
+        kept = [n for n in g.graph.node if n.name not in removed]
         del g.graph.node[:]
         g.graph.node.extend(kept)
         g.reindex()
-        count += 1
-    return count
+    return len(removed) // 2
 
 
 def _infer(g: Graph) -> None:
