@@ -22,11 +22,10 @@ from common import (NOT_SLOWER, cpu_targets, exported, footer, header, paired, p
 
 import deploy_attn
 from deploy_attn.pipeline.bench import ort_runner, torch_runner
-from deploy_attn.pipeline.forms import apply_forms
 from deploy_attn.pipeline.onnx_io import op_counts
 from deploy_attn.pipeline.parity import INT8, compare, seeded_inputs, torch_outputs
-from deploy_attn.pipeline.targets import (TARGET_FORMS, openvino_missing, ov_compile,
-                                          ov_outputs, ov_runner)
+from deploy_attn.pipeline.targets import (openvino_missing, ov_compile, ov_outputs, ov_runner,
+                                          target_graph)
 from deploy_attn.registry import get_spec
 
 MODELS = ("mobilenetv2", "mobilenetv2_ca", "resnet18_cbam", "resnet50_se")
@@ -59,7 +58,7 @@ def main() -> None:
         ours, plain, q, cpu = artifacts[name]
         if plain is not None:  # a runtime given the same ops either way: noise, not a loss
             same |= {(name, rt) for rt, fmt in (("ort", "onnx-cpu"), ("ov", "openvino"))
-                     if op_counts(target_graph(ours, fmt)) == op_counts(onnx.load(str(plain)))}
+                     if op_counts(target_graph(fmt, ours)[0]) == op_counts(onnx.load(str(plain)))}
         x = seeded_inputs(get_spec(name).input_shape())
         model = deploy_attn.create_model(name)
         int8 = ov_compile(q["int8"][0], args.threads)
@@ -102,12 +101,6 @@ def _ca_profile(artifacts: dict, args) -> None:
         profile_table(f"where CA's time goes: {runtime} on {artifacts[names[0]][3][fmt].name}, "
                       "ms per run by op type (interleaved)", prof)
 
-
-def target_graph(onnx_path, fmt: str) -> onnx.ModelProto:
-    """The graph a CPU target's file is made from: ``onnx_path`` in ``fmt``'s forms."""
-    model = onnx.load(str(onnx_path))
-    apply_forms(model, TARGET_FORMS[fmt])
-    return model
 
 
 def _targets(times_all: dict[str, dict[str, list[float]]], same: set[tuple[str, str]],

@@ -433,8 +433,7 @@ def _target_forms(directory: Path, targets: dict, wanted: Sequence[str]) -> list
     ``ortcpu-P`` (the CPU-form ONNX) on ONNX Runtime. A target that failed its parity
     check, or whose runtime is missing, is listed as skipped with the reason."""
     from .bench import TARGET_PREFIXES
-    from .parity import ort_outputs, ort_session
-    from .targets import openvino_missing, ov_compile, ov_outputs
+    from .targets import openvino_missing, target_runner
 
     prefix = {fmt: p for p, fmt in TARGET_PREFIXES.items()}
     out = []
@@ -446,9 +445,8 @@ def _target_forms(directory: Path, targets: dict, wanted: Sequence[str]) -> list
                 out.append((form, p, None, None, entry.get("reason") or missing))
                 continue
             path = directory / entry["files"][0]
-            run = (functools.partial(ov_outputs, ov_compile(path)) if fmt == "openvino" else
-                   functools.partial(ort_outputs, ort_session(path, verify=True)))
-            out.append((form, p, path.name, contextlib.nullcontext(run), None))
+            out.append((form, p, path.name,
+                        contextlib.nullcontext(target_runner(fmt, path)), None))
     return out
 
 

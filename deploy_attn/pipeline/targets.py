@@ -14,6 +14,7 @@ Q/DQ graphs through its low-precision transformations, i.e. as real INT8 kernels
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import tempfile
@@ -72,19 +73,25 @@ def forms_note(forms: dict[str, int] | None) -> str:
     return "graph forms: " + ", ".join(f"{k} ({v})" for k, v in forms.items())
 
 
-def write_target(fmt: str, onnx_path: Path) -> tuple[list[str], dict[str, int]]:
-    """The ``fmt`` form of an ONNX file, beside it, with the target's graph forms: the
-    names of the files written and the rewrites each form made."""
+def target_graph(fmt: str, onnx_path: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The graph ``fmt``'s file is made from: ``onnx_path`` in the target's forms, and the
+    rewrites each form made (the forms that made none left out)."""
     from .forms import apply_forms
     from .onnx_io import load_onnx
 
-    dst = onnx_path.with_suffix(SUFFIXES[fmt])
     model = load_onnx(onnx_path)
     try:
         counts = apply_forms(model, TARGET_FORMS[fmt])
     except Exception as exc:  # a graph the forms' shape inference cannot read
         raise ArtifactError(f"{onnx_path}: no {fmt} graph form: {first_line(exc)}") from None
-    counts = {k: v for k, v in counts.items() if v}
+    return model, {k: v for k, v in counts.items() if v}
+
+
+def write_target(fmt: str, onnx_path: Path) -> tuple[list[str], dict[str, int]]:
+    """The ``fmt`` form of an ONNX file, beside it, with the target's graph forms: the
+    names of the files written and the rewrites each form made."""
+    dst = onnx_path.with_suffix(SUFFIXES[fmt])
+    model, counts = target_graph(fmt, onnx_path)
     if fmt == "onnx-cpu":
         from .artifacts import atomic_path
 
@@ -102,11 +109,17 @@ def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
     """The first output of ``path`` (an IR or ONNX file on OpenVINO, an ORT-format or
     ONNX file on ONNX Runtime) on ``x``, in the configuration whose numerics the checks
     trust."""
+    return target_runner(fmt, path)(x)
+
+
+def target_runner(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """``path`` loaded once (compiled, or in a session) for run_target's configuration:
+    a call from inputs to the first output."""
     if fmt == "openvino":
-        return ov_outputs(ov_compile(path), x)
+        return functools.partial(ov_outputs, ov_compile(path))
     from .parity import ort_outputs, ort_session
 
-    return ort_outputs(ort_session(path, verify=True), x)
+    return functools.partial(ort_outputs, ort_session(path, verify=True))
 
 
 def ov_config(threads: int | None = None) -> dict:
