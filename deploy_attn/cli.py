@@ -64,6 +64,7 @@ def _needs_precision(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline.job import ExportConfig, export_job
+    from .pipeline.saturation import saturation_note
     from .pipeline.targets import forms_note
     from .sources import load_source
 
@@ -74,7 +75,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                        **{k: v for k, v in (("calib_count", args.calib_count),
                                             ("calib_method", args.calib_method)) if v is not None},
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
-                       fp16_threshold=args.fp16_threshold, formats=tuple(args.format))
+                       fp16_threshold=args.fp16_threshold, formats=tuple(args.format),
+                       target_cpu=args.target_cpu)
     card = load_source(args.model, _source_options(args))
     print(f"deploy-attn export {card.label()} -> {cfg.directory(card)}", file=sys.stderr)
     if card.weights:
@@ -100,10 +102,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                  + (f", FP16 remainder with {len(entry['fp32_kept_nodes'])} nodes kept FP32"
                     if precision == "int8" else ""))
         _print_parity(f"parity {precision} ({r['batch']} inputs)", r, extra)
+        if "saturation" in entry:
+            print(f"  {entry['file']} on CPU integer kernels: {saturation_note(entry['saturation'])}")
     for fmt, forms in rep.get("targets", {}).items():
         for precision, entry in forms.items():
             _print_parity(f"{fmt} {precision}", entry["results"][0],
                           f"{entry['runtime']}; {forms_note(entry.get('forms'))}")
+            if "saturation" in entry:
+                print(f"  for {entry['cpu']} CPUs: {saturation_note(entry['saturation'])}")
     weights = f" (weights: {card.weights.describe()})" if card.weights else ""
     files = ", ".join(str(result.directory / f) for f in list(rep["files"].values()) + [
         name for forms in rep.get("targets", {}).values() for t in forms.values()
@@ -217,11 +223,14 @@ def export_directory(target: str, output: Path | None, root: Path | None = None)
     return directory
 
 
-def _print_parity(label: str, r: dict, extra: str = "") -> None:
-    """One line of parity figures (a ParityResult as a dict)."""
+def _print_parity(label: str, r: dict, extra: str = "", view: bool = False) -> None:
+    """One line of parity figures (a ParityResult as a dict); a ``view`` (a runtime's
+    figures that are no claim of the export) is within or outside tolerance, not failed."""
     top1 = f", top-1 agreement {r['top1_agreement']:.3f}" if r.get("top1_agreement") is not None else ""
+    verdict = ("within tolerance" if r["ok"] else "outside tolerance") if view else \
+        "ok" if r["ok"] else "FAILED"
     print(f"{label}: cosine {r['cosine']:.8f}, max abs {r['max_abs']:.2e}, max rel "
-          f"{r['max_rel']:.2e}{top1} -> {'ok' if r['ok'] else 'FAILED'}"
+          f"{r['max_rel']:.2e}{top1} -> {verdict}"
           f"{f'; {extra}' if extra else ''}")
 
 
@@ -249,6 +258,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise DeployAttnError(f"{args.target}: engine {args.engine} is outside the "
                                   f"{precision} tolerance")
         return 0
+    from .pipeline.isa import isa_line
+
+    print(isa_line())
     failed = []
     for precision, r in verify_artifacts(directory, to_stderr).items():
         _print_parity(f"{r['file']} ({precision})", r, r["runtime"])
@@ -257,7 +269,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"  {s['runtime']}: skipped ({s['skipped']})")
             else:
                 _print_parity(f"  {s['file']}", s, s["runtime"] + ("" if s["target"] else
-                              "; a second runtime's view, not a claim of the export"))
+                              "; a second runtime's view, not a claim of the export"),
+                              view=not s["target"])
         print(f"  {r['trt_check']['summary']}")
         targets_bad = any(not s["ok"] for s in r["second"] if s.get("target"))
         if not r["ok"] or targets_bad or (args.trt and not r["trt_check"]["ok"]):
@@ -423,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(ONNX Runtime's mobile format model[.P].ort + its operator config), "
                          "onnx-cpu (the ONNX graph for ONNX Runtime on a CPU: "
                          "model[.P].cpu.onnx); each in its runtime's graph form")
+    ex.add_argument("--target-cpu", choices=("portable", "vnni"), default="portable",
+                    help="the CPU the CPU targets' and int8-cpu's INT8 is for: portable "
+                         "(default: every x86 and ARM CPU; INT8 weights that cannot saturate "
+                         "on x86 without VNNI) or vnni (full 8-bit weights, exact only with "
+                         "VNNI/AMX or on ARM; the report predicts what other CPUs do)")
     ex.add_argument("--fp16-threshold", type=_positive_float, default=AUTOCAST_MAX,
                     help="keep a node FP32 when its activations exceed this "
                          f"(default {AUTOCAST_MAX:g}, AutoCast's)")

@@ -7,6 +7,8 @@ import collections
 import importlib.util
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -35,22 +37,32 @@ def run_cli(capsys, *argv):
     return code, out.out, out.err
 
 
-def check_in_new_process(directory: Path, *extra_path: Path) -> subprocess.CompletedProcess:
+def check_in_new_process(directory: Path, *extra_path: Path,
+                         env: dict | None = None) -> subprocess.CompletedProcess:
     """``deploy-attn check DIR`` in a fresh interpreter: the reference is rebuilt from the
-    directory's report alone."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (REPO, *extra_path)))}
+    directory's report alone (``env``: variables added, e.g. an ISA limit)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (REPO, *extra_path))),
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", "deploy_attn.cli", "check", str(directory)],
                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 
 
-def _assert_checked(proc: subprocess.CompletedProcess, files: int = 1) -> None:
+def _assert_checked(proc: subprocess.CompletedProcess, files: int = 1, qdq: int = 0) -> None:
+    """``check`` passed on ``files`` artifacts, ``qdq`` of them Q/DQ graphs: their primary
+    figures ok; OpenVINO's view of each other file within tolerance where OpenVINO is
+    installed; each Q/DQ file's integer-kernel views (ONNX Runtime, OpenVINO) labelled with
+    the ISA they ran on, whatever their figures (they depend on the CPU)."""
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    second = [line for line in lines if "-> ok; OpenVINO" in line]
-    first = [line for line in lines if "-> ok" in line and line not in second]
+    first = [line for line in lines if not line.startswith(" ") and "-> ok" in line]
     assert len(first) == files, proc.stdout
-    # OpenVINO confirms each file as a second runtime where it is installed, and only there.
-    assert len(second) == (files if importlib.util.find_spec("openvino") else 0), proc.stdout
+    ov = importlib.util.find_spec("openvino") is not None
+    views = [line for line in lines if "-> within tolerance; OpenVINO CPU, FP32" in line]
+    assert len(views) == ((files - qdq) if ov else 0), proc.stdout
+    kernels = [line for line in lines if re.search(r"-> (within|outside) tolerance; .* "
+                                                   r"integer kernels on \w+ \((exact|"
+                                                   r"saturating) 8-bit", line)]
+    assert len(kernels) == qdq * (2 if ov else 1), proc.stdout
     assert "Traceback" not in proc.stderr
 
 
@@ -258,13 +270,23 @@ def _example_weights(path: Path, shape=(8, 3, 224, 224)) -> Path:
     return path
 
 
+def _cosines(proc: subprocess.CompletedProcess) -> dict[str, float]:
+    """The primary and target figures of a ``check`` run: file -> cosine."""
+    found = re.findall(r"^ *(model\S*)(?: \(\S+\))?: cosine (\S+), .* -> ok(?:;|$)",
+                       proc.stdout, re.M)
+    return {name: float(c) for name, c in found}
+
+
 def test_example_model_through_the_pipeline(tmp_path, capsys):
     """Done-when: the example user module with its own x * ReLU6(x + 3) / 6 exports with
-    single HardSwish ops and no Clip/Div, and FP32/FP16/INT8 parity holds."""
+    single HardSwish ops and no Clip/Div, and FP32/FP16/INT8 parity holds, with every CPU
+    target; ``check`` gives the same figures for the TensorRT files and passes every target
+    on this CPU and limited to AVX2 (OpenVINO honours the limit: a CPU without VNNI)."""
     weights = _example_weights(tmp_path / "my_model.pt")
+    formats = "ort,onnx-cpu" + (",openvino" if importlib.util.find_spec("openvino") else "")
     code, out, err = run_cli(capsys, "export", f"{EXAMPLE}:build", "--input-size", "224", "224",
-                             "--weights", weights, "--precision", "fp16,int8", "-o",
-                             tmp_path / "out")
+                             "--weights", weights, "--precision", "fp16,int8", "--format",
+                             formats, "-o", tmp_path / "out")
     assert code == 0, err
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     ops = collections.Counter(n.op_type for n in model.graph.node)
@@ -273,9 +295,30 @@ def test_example_model_through_the_pipeline(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["files"]) == {"fp32", "fp16", "int8"} and report["status"] == "ok"
     assert report["reference"]["input_dependence"] > 0.1, report["reference"]
-    proc = check_in_new_process(tmp_path / "out")
-    _assert_checked(proc, files=3)
-    print(proc.stdout)
+    assert report["cpu"]["int8_dot"] in ("exact", "saturating") and report["cpu"]["isa"]
+    # the TensorRT file saturates on a CPU without VNNI; the portable targets cannot
+    trt_sat = report["precisions"]["int8"]["saturation"]
+    assert trt_sat["saturating_layers"] > 0 and trt_sat["worst"]["output_rel_rms_error"] > 0.1
+    for fmt, entries in report["targets"].items():
+        assert entries["int8"]["saturation"]["saturating_layers"] == 0, fmt
+        assert entries["int8"]["forms"]["portable_int8"] > 0, entries["int8"]["forms"]
+    native = check_in_new_process(tmp_path / "out")
+    _assert_checked(native, files=3, qdq=1)
+    print(native.stdout)
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    avx2 = check_in_new_process(tmp_path / "out",
+                                env={"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"})
+    _assert_checked(avx2, files=3, qdq=1)
+    print(avx2.stdout)
+    a, b = _cosines(native), _cosines(avx2)
+    assert set(a) == set(b) and len(a) == 3 + 3 * len(formats.split(",")), (a, b)
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):  # TensorRT files
+        assert abs(a[name] - b[name]) < 1e-6, (name, a[name], b[name])
+    if "openvino" in formats:  # the emulation's prediction, seen on OpenVINO limited to AVX2
+        view = re.search(r"^  model\.int8\.onnx: cosine (\S+), .*OpenVINO CPU, integer "
+                         r"kernels on avx2 \(saturating", avx2.stdout, re.M)
+        assert view and float(view.group(1)) < b["model.int8.onnx"] - 0.01, avx2.stdout
 
 
 def test_degenerate_reference_is_flagged(tmp_path, capsys):

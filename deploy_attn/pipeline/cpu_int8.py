@@ -29,7 +29,8 @@ import onnx
 
 from .calib import CalibData
 from .onnx_io import load_onnx
-from .precision import PrecisionArtifact, _name_nodes, static_qdq
+from .precision import PrecisionArtifact, _name_nodes, _write, static_qdq
+from .saturation import portable_weights
 
 PRECISION = "int8-cpu"
 GATES = ("Softmax", "Sigmoid", "HardSigmoid")
@@ -66,19 +67,22 @@ def gate_paths(model: onnx.ModelProto) -> list[str]:
 
 def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
                       method: str = "minmax", reduce_range: bool = False,
-                      float_gates: bool = True, cache_dir: str | Path | None = None
-                      ) -> PrecisionArtifact:
+                      float_gates: bool = True, cache_dir: str | Path | None = None,
+                      portable: bool = True) -> PrecisionArtifact:
     """INT8 Q/DQ for ONNX Runtime CPU: UINT8 asymmetric activations, INT8 symmetric
     per-channel weights, every op type ORT has an integer kernel for, calibrated on
     ``calib``; with ``float_gates`` the gates and the paths to the ops they scale stay
-    FP32 (gate_paths). ``reduce_range`` (7-bit weights) avoids U8S8 saturation on x86 CPUs
-    without VNNI; leave it off on VNNI machines (it costs accuracy)."""
+    FP32 (gate_paths). ``portable`` refits the weights to the 8-bit pair bound
+    (saturation.portable_weights), so x86 CPUs without VNNI compute what VNNI CPUs do;
+    ``reduce_range`` (7-bit weights) does the same at a higher accuracy cost."""
     model = _name_nodes(load_onnx(src))
     excluded = gate_paths(model) if float_gates else []
-    q = static_qdq(model, dst, calib, method, precision=PRECISION, activation_type="uint8",
+    q = static_qdq(model, None, calib, method, precision=PRECISION, activation_type="uint8",
                    op_types=None, exclude=excluded, extra_options={},
                    reduce_range=reduce_range, cache_dir=cache_dir,
                    metadata={TARGET_METADATA: "onnxruntime-cpu (not a TensorRT input)"})
+    refit = portable_weights(q) if portable else None
+    _write(q, dst)
     ops = [n.op_type for n in q.graph.node]
     dq_out = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = sorted({n.op_type for n in q.graph.node if n.op_type != "QuantizeLinear"
@@ -88,7 +92,7 @@ def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
         "quantize_linear": ops.count("QuantizeLinear"),
         "dequantize_linear": ops.count("DequantizeLinear"),
         "quantized_op_types": quantized, "reduce_range": reduce_range,
-        "float_nodes": excluded,
+        "float_nodes": excluded, "portable_int8": refit,
         "scheme": "QDQ for ONNX Runtime CPU: UINT8 asymmetric per-tensor activations, INT8 "
                   "symmetric per-channel weights, all ops with integer kernels (Conv, Add, "
                   "Mul, Concat, Gemm, ...) except gates and the paths to the ops they scale"

@@ -67,6 +67,7 @@ class ExportConfig:
     fp16_threshold: float = AUTOCAST_MAX
     verify_count: int = 8
     formats: tuple[str, ...] = ()  # CPU targets beside the ONNX files: openvino, ort
+    target_cpu: str = "portable"  # the CPU the CPU targets and int8-cpu are for (TARGET_CPUS)
     # False only for a diagnosis in a scratch folder (``deploy-attn maps`` on a model not
     # exported yet): a precision that misses its threshold is kept and recorded, not raised
     strict: bool = True
@@ -96,11 +97,14 @@ class ExportConfig:
                 raise ConfigError(f"{flag} does nothing without --precision int8")
         if self.calib_dir is not None and not stages:
             raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
-        from .targets import FORMATS
+        from .targets import FORMATS, TARGET_CPUS
 
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise ConfigError(f"unknown format {', '.join(bad)}; choose from {', '.join(FORMATS)}")
+        if self.target_cpu not in TARGET_CPUS:
+            raise ConfigError(f"target CPU '{self.target_cpu}': choose from "
+                              f"{', '.join(TARGET_CPUS)}")
 
     def directory(self, card: ModelCard) -> Path:
         return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
@@ -130,8 +134,10 @@ def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) 
 
         require_openvino()
     out = _prepare(cfg.directory(card))
+    from .isa import cpu_isa
+
     report: dict = {"name": card.name, "kind": card.kind, "paper": card.paper,
-                    "model": card.record(), "config": _config_dict(cfg)}
+                    "model": card.record(), "config": _config_dict(cfg), "cpu": cpu_isa()}
     with directory_lock(out), staging_dir(out) as stage:
         try:
             _run(card, cfg, out, stage, report, progress)
@@ -272,23 +278,30 @@ def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage
     PyTorch on the verification inputs at its precision's tolerance; the files written. A
     target outside tolerance is recorded with the reason and not written (its ONNX file
     passed on ONNX Runtime: the target's runtime computes it otherwise)."""
-    from .targets import RUNTIMES, run_target, write_target
+    from .parity import graph_numerics
+    from .saturation import saturation_note, saturation_report
+    from .targets import RUNTIMES, TARGET_CPUS, run_target, write_target
 
     if not cfg.formats:
         return []
     x = checks.verify.inputs if checks else seeded_inputs((4,) + tuple(card.input_shape[1:]))
     ref = checks.ref if checks else torch_outputs(card.module, x)
     tolerances = {p: _tolerance(card, p, x) for p in report["files"]}
+    report["target_cpu"] = {"cpu": cfg.target_cpu, "for": TARGET_CPUS[cfg.target_cpu]}
     written: list[str] = []
     for fmt in cfg.formats:
         for precision, name in report["files"].items():
             progress(f"{fmt}: {precision} ({name})")
-            files, forms = write_target(fmt, stage / name)
+            files, forms, graph = write_target(fmt, stage / name, cfg.target_cpu)
             tol = tolerances[precision]
             result = compare(run_target(fmt, stage / files[0], x), ref, tol,
                              classifier=card.classifier)
             entry = {"files": files, "tolerance": asdict(tol), "results": [result.as_dict()],
-                     "ok": result.ok, "runtime": RUNTIMES[fmt], "forms": forms}
+                     "ok": result.ok, "runtime": RUNTIMES[fmt], "forms": forms,
+                     "cpu": cfg.target_cpu}
+            if "qdq" in graph_numerics(stage / name):
+                entry["saturation"] = saturation_report(graph, checks.calib.inputs)
+                progress(f"{fmt}: {precision}: {saturation_note(entry['saturation'])}")
             if result.ok:
                 written += files
             else:
@@ -439,7 +452,8 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
         from .cpu_int8 import quantize_int8_cpu
 
         progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
-        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage).details
+        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage,
+                                    portable=cfg.target_cpu == "portable").details
     elif precision == "int8-fp32":
         details = dict(_qdq_fp32(cfg, checks, stage, staged, progress)[1])
     else:  # int8: INT8 with an FP16 remainder, from the FP32-remainder graph
@@ -451,6 +465,11 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
         if tuple(cfg.exclude) == ("auto",):
             details.update(_auto_fp16_remainder(cfg, checks, stage, qdq, staged, qdq_details,
                                                 progress))
+    if precision.startswith("int8"):
+        from .saturation import saturation_note, saturation_report
+
+        details["saturation"] = saturation_report(staged, calib.inputs)
+        progress(f"{precision}: {saturation_note(details['saturation'])}")
     runtime = verification_runtime(staged)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
     result = compare(ort_outputs(ort_session(staged, verify=True), x), ref, tol,
@@ -637,7 +656,8 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
     parity at each precision's tolerance on ONNX Runtime, the TensorRT operator check, and
     ``second``: the same parity on OpenVINO (the ONNX file; skipped with the reason where
     OpenVINO is missing) and on each CPU target file the export wrote."""
-    from .parity import ort_outputs, ort_session, verification_runtime
+    from .isa import runtime_isa
+    from .parity import graph_numerics, ort_outputs, ort_session, verification_runtime
     from .targets import RUNTIMES, openvino_missing, run_target
 
     exp = open_export(directory)
@@ -651,6 +671,8 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
         runtime = verification_runtime(path)
         progress(f"{precision}: {file} ({runtime})")
         tol = _tolerance(card, precision, x)
+        # a TensorRT file's integer-kernel views depend on this CPU: shown, labelled, not claims
+        kernels = {"qdq"} <= graph_numerics(path) and precision != "int8-cpu"
         try:
             result = compare(ort_outputs(ort_session(path, verify=True), x),
                              ref, tol, classifier=card.classifier)
@@ -660,10 +682,18 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
                      if forms.get(precision, {}).get("files")
                      and (fmt != "openvino" or ov_missing is None)]
             second = []
+            if kernels:
+                r = compare(ort_outputs(ort_session(path), x), ref, tol,
+                            classifier=card.classifier)
+                second.append({"file": file, "runtime": runtime_isa("ONNX Runtime CPU"),
+                               **r.as_dict(), "target": False})
             for fmt, target in runs:
-                progress(f"{precision}: {target.name} ({RUNTIMES[fmt]})")
+                label = RUNTIMES[fmt]
+                if target == path and kernels:
+                    label = runtime_isa("OpenVINO CPU")
+                progress(f"{precision}: {target.name} ({label})")
                 r = compare(run_target(fmt, target, x), ref, tol, classifier=card.classifier)
-                second.append({"file": target.name, "runtime": RUNTIMES[fmt], **r.as_dict(),
+                second.append({"file": target.name, "runtime": label, **r.as_dict(),
                                "target": target != path})
         except ArtifactError as exc:  # e.g. a file replaced by another model's
             raise ArtifactError(f"{path} ({exp.name}'s {precision} artifact): {exc}") from None

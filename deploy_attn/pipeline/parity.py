@@ -144,7 +144,8 @@ def ort_session_options(threads: int | None = None, sequential: bool = False,
 
 def graph_numerics(path: str | Path) -> set[str]:
     """What a graph computes in: "fp16" when any tensor is FLOAT16, "qdq" with
-    QuantizeLinear/DequantizeLinear nodes."""
+    QuantizeLinear/DequantizeLinear nodes; "cpu-target" for a graph made for a CPU runtime
+    (``int8-cpu``, a ``.cpu.onnx`` file), not for TensorRT."""
     import onnx
 
     from .onnx_io import load_onnx
@@ -160,6 +161,9 @@ def graph_numerics(path: str | Path) -> set[str]:
         found.add("fp16")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         found.add("qdq")
+    if (str(path).endswith(".cpu.onnx")
+            or any(p.key == "deploy_attn.target" for p in model.metadata_props)):
+        found.add("cpu-target")
     return found
 
 
@@ -181,13 +185,28 @@ def disabled_optimizers(numerics: set[str]) -> list[str]:
 VERIFY_NOTE = ("FP16-bearing graph: ONNX Runtime CPU with graph optimisations off (each op "
                "as the graph states it; ORT's WeightBiasQuantization miscomputes FP16 Q/DQ "
                "graphs)")
+# A TensorRT file's figures must not depend on the checking CPU's integer kernels (x86
+# without VNNI saturates 8-bit pair sums, saturation.py): each op as the graph states it,
+# as TensorRT computes it (exact integer products, FP32 accumulation; FP16 where stated)
+TRT_EMULATION = ("TensorRT emulation: ONNX Runtime CPU with graph optimisations off, each op "
+                 "as the graph states it (Q/DQ as exact integer products, FP32 accumulation, "
+                 "FP16 where the graph casts to it): the same figures on every CPU")
+
+
+def verify_unoptimised(numerics: set[str], cpu_file: bool) -> bool:
+    """Whether ort_session(verify=True) runs a graph of these ``numerics`` with no graph
+    optimisation: a TensorRT file with FP16 or Q/DQ (TRT_EMULATION), a CPU target's file
+    with FP16 (VERIFY_NOTE). A CPU target's INT8 runs on the integer kernels it is for."""
+    if cpu_file or "cpu-target" in numerics:
+        return "fp16" in numerics
+    return bool({"fp16", "qdq"} & numerics)
 
 
 def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
                 profile_prefix: str | Path | None = None, verify: bool = False):
     """A CPU session on ``path`` with ort_session_options; a file ORT cannot load is an
-    ArtifactError. ``verify``: the configuration whose numerics the checks trust (no
-    graph optimisation for FP16-bearing graphs, see FP16_QDQ_DISABLED)."""
+    ArtifactError. ``verify``: the configuration whose numerics the checks trust
+    (verify_unoptimised)."""
     import onnxruntime as ort
 
     opts = ort_session_options(threads, sequential, profile_prefix)
@@ -195,7 +214,7 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
     onnx_path = Path(path) if Path(path).suffix != ".ort" else Path(path).with_suffix(".onnx")
     numerics = graph_numerics(onnx_path) if onnx_path.is_file() else set()
     disabled = disabled_optimizers(numerics)
-    if verify and "fp16" in numerics:
+    if verify and verify_unoptimised(numerics, onnx_path != Path(path)):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif onnx_path != Path(path):
         # replay the optimisations the converter saved in our own ORT file, as a phone does
@@ -210,9 +229,14 @@ def ort_session(path: str | Path, threads: int | None = None, sequential: bool =
 
 def verification_runtime(path: str | Path) -> str:
     """How ``ort_session(path, verify=True)`` runs the graph, for the report."""
-    if "fp16" in graph_numerics(path):
-        return VERIFY_NOTE
-    return "ONNX Runtime CPU, all graph optimisations (FP32 and INT8 kernels compute as stated)"
+    from .isa import runtime_isa
+
+    numerics = graph_numerics(path)
+    if verify_unoptimised(numerics, False):
+        return VERIFY_NOTE if "cpu-target" in numerics else TRT_EMULATION
+    if "qdq" in numerics:
+        return runtime_isa("ONNX Runtime CPU, all graph optimisations")
+    return "ONNX Runtime CPU, all graph optimisations (FP32 kernels)"
 
 
 def ort_batches(session, x: np.ndarray) -> Iterator[list[np.ndarray]]:

@@ -4,7 +4,9 @@ mobile build needs) and the ONNX graph for ONNX Runtime on a CPU (``model[.P].cp
 and OpenVINO as a second runtime for every artifact.
 
 Each target's graph takes the CPU graph forms (``forms.py``) measured to help on its
-runtime (``TARGET_FORMS``); the ONNX files themselves keep the TensorRT form.
+runtime (``TARGET_FORMS``) and, for the CPU it is for (``TARGET_CPUS``, ``--target-cpu``),
+INT8 weights that cannot saturate on x86 CPUs without VNNI (``saturation.py``); the ONNX
+files themselves keep the TensorRT form.
 
 OpenVINO is optional (``pip install "deploy-attn[openvino]"``); without it the OpenVINO
 parts say so in one line, and ``check``/``bench`` list them as skipped with the reason.
@@ -66,6 +68,18 @@ TARGET_FORMS = {"openvino": ("axis_pool", "unsplit"),
                 "ort": ()}
 
 
+# The CPU a target (and int8-cpu) is for. portable: INT8 weights within the pair bound
+# (saturation.portable_weights), so a CPU without VNNI computes what a VNNI CPU does.
+TARGET_CPUS = {
+    "portable": "every x86 and ARM CPU: INT8 weights within the 8-bit pair bound, so no "
+                "pair sum saturates on a CPU without VNNI",
+    "vnni": "CPUs with exact 8-bit dot products (AVX512-VNNI, AVX-VNNI, AMX, ARM): full "
+            "8-bit weights; an x86 CPU without VNNI computes them otherwise (see the "
+            "saturation report)",
+}
+PORTABLE_FORM = "portable_int8"  # the forms entry: INT8 layers whose weights were refitted
+
+
 def forms_note(forms: dict[str, int] | None) -> str:
     """The graph forms a target's graph took, as the CLI and the report print them."""
     if not forms:
@@ -73,36 +87,42 @@ def forms_note(forms: dict[str, int] | None) -> str:
     return "graph forms: " + ", ".join(f"{k} ({v})" for k, v in forms.items())
 
 
-def target_graph(fmt: str, onnx_path: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """The graph ``fmt``'s file is made from: ``onnx_path`` in the target's forms, and the
-    rewrites each form made (the forms that made none left out)."""
+def target_graph(fmt: str, onnx_path: Path, cpu: str = "portable"
+                 ) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The graph ``fmt``'s file is made from: ``onnx_path`` in the target's forms, with
+    portable INT8 weights when ``cpu`` is "portable", and the rewrites each form made (the
+    forms that made none left out)."""
     from .forms import apply_forms
     from .onnx_io import load_onnx
+    from .saturation import portable_weights
 
     model = load_onnx(onnx_path)
     try:
         counts = apply_forms(model, TARGET_FORMS[fmt])
     except Exception as exc:  # a graph the forms' shape inference cannot read
         raise ArtifactError(f"{onnx_path}: no {fmt} graph form: {first_line(exc)}") from None
+    if cpu == "portable":
+        counts[PORTABLE_FORM] = portable_weights(model)["layers"]
     return model, {k: v for k, v in counts.items() if v}
 
 
-def write_target(fmt: str, onnx_path: Path) -> tuple[list[str], dict[str, int]]:
-    """The ``fmt`` form of an ONNX file, beside it, with the target's graph forms: the
-    names of the files written and the rewrites each form made."""
+def write_target(fmt: str, onnx_path: Path, cpu: str = "portable"
+                 ) -> tuple[list[str], dict[str, int], onnx.ModelProto]:
+    """The ``fmt`` form of an ONNX file, beside it, for ``cpu`` (TARGET_CPUS): the names of
+    the files written, the rewrites each form made and the graph the files hold."""
     dst = onnx_path.with_suffix(SUFFIXES[fmt])
-    model, counts = target_graph(fmt, onnx_path)
+    model, counts = target_graph(fmt, onnx_path, cpu)
     if fmt == "onnx-cpu":
         from .artifacts import atomic_path
 
         with atomic_path(dst) as tmp:
             onnx.save(model, str(tmp))
-        return [dst.name], counts
+        return [dst.name], counts, model
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".form-") as tmp:
         src = Path(tmp) / onnx_path.name
         onnx.save(model, str(src))
         writer = write_ir if fmt == "openvino" else write_ort
-        return writer(src, dst), counts
+        return writer(src, dst), counts, model
 
 
 def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
