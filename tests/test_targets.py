@@ -13,6 +13,7 @@ from deploy_attn import export
 from deploy_attn.errors import ArtifactError, ConfigError
 from deploy_attn.pipeline import targets
 from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+from deploy_attn.pipeline.isa import cpu_isa
 from deploy_attn.pipeline.bench import bench
 from deploy_attn.pipeline.job import open_export, read_report, verify_artifacts
 from deploy_attn.pipeline.onnx_io import op_counts
@@ -72,7 +73,10 @@ def test_each_target_takes_its_runtimes_graph_forms(ca_targets):
     for fmt in FORMATS:
         wanted = set(targets.TARGET_FORMS[fmt])
         for precision, entry in report["targets"][fmt].items():
-            assert set(entry["forms"]) <= wanted, (fmt, precision, entry["forms"])
+            # the portable CPU refits INT8 weights in every target, and only INT8 ones
+            portable = {targets.PORTABLE_FORM} if precision.startswith("int8") else set()
+            assert set(entry["forms"]) <= wanted | portable, (fmt, precision, entry["forms"])
+            assert portable <= set(entry["forms"]) and entry["cpu"] == "portable", entry
             assert entry["forms"].get("gate_product") == (1 if "gate_product" in wanted
                                                           else None), (fmt, precision)
             if "axis_pool" in wanted:  # every precision's graph, Q/DQ and FP16 ones too
@@ -124,11 +128,21 @@ def test_check_confirms_each_artifact_on_a_second_runtime(ca_targets, capsys):
     checked = verify_artifacts(ca_targets.directory)
     for precision, r in checked.items():
         runtimes = {s["runtime"] for s in r["second"]}
-        assert runtimes == {targets.RUNTIMES[f] for f in FORMATS}, runtimes
-        assert all(s["ok"] for s in r["second"]), (precision, r["second"])
+        own = {targets.RUNTIMES[f] for f in FORMATS}
+        if precision.startswith("int8"):  # a Q/DQ TensorRT file: its integer-kernel views
+            isa = {cpu_isa()["int8_dot"], cpu_isa()["openvino_int8_dot"]}
+            views = runtimes - own - {targets.RUNTIMES["openvino"]}
+            assert len(views) == 2 and all("integer kernels on" in v for v in views), views
+            assert all(any(f"({d} 8-bit" in v for d in isa) for v in views), views
+        else:
+            assert runtimes == own, runtimes
+        # the targets are claims on every CPU; views of FP32/FP16 graphs hold on every CPU
+        assert all(s["ok"] for s in r["second"]
+                   if s["target"] or not precision.startswith("int8")), (precision, r["second"])
     code, out, _ = run_cli(capsys, "check", str(ca_targets.directory))
     assert code == 0
     assert len(re.findall(r"^  model\S*\.xml: cosine .* -> ok; OpenVINO", out, re.M)) == 4, out
+    assert out.splitlines()[0].startswith("CPU ") and "8-bit dot products" in out, out
 
 
 def test_bench_runs_the_target_files(ca_targets):

@@ -117,45 +117,56 @@ def _pair_sums(u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
             pairs.size)
 
 
+def _accumulate(layer: QLayer, q: np.ndarray, images: int) -> tuple:
+    """The layer's int64 accumulators on the first ``images`` of ``q``, saturated and
+    exact, the shift compensation, the saturating pair sums and all pair sums."""
+    shift = SHIFT[layer.x_dtype]
+    w = layer.w.astype(np.int32)
+    u = q[:images].astype(np.int32) + shift
+    zero = layer.x_zero + shift
+    saturated = count = 0
+    if layer.node.op_type != "Conv":  # (..., K) @ (K, N): pairs along K
+        sat, exact, saturated, count = _pair_sums(u.reshape(-1, w.shape[0]).T[None], w.T)
+        return sat, exact, zero * w.sum(0)[None, :, None], saturated, count
+    taps, (ho, wo) = _taps(u, layer, zero)
+    cg, og = w.shape[1], w.shape[0] // layer.group
+    outs_sat, outs_exact = [], []
+    for gi in range(layer.group):
+        wg = w[gi * og:(gi + 1) * og].reshape(og, cg, -1)
+        acc_sat = acc_exact = 0
+        for t, tap in enumerate(taps):
+            s, e, n_sat, n = _pair_sums(tap[:, gi * cg:(gi + 1) * cg].reshape(images, cg, -1),
+                                        wg[:, :, t])
+            acc_sat, acc_exact = acc_sat + s, acc_exact + e
+            saturated, count = saturated + n_sat, count + n
+        outs_sat.append(acc_sat)
+        outs_exact.append(acc_exact)
+    comp = zero * w.reshape(w.shape[0], -1).sum(1)[None, :, None]
+    return (np.concatenate(outs_sat, 1), np.concatenate(outs_exact, 1), comp, saturated,
+            count)
+
+
+def emulated_output(layer: QLayer, q: np.ndarray, w_scale: np.ndarray,
+                    saturate: bool = True) -> np.ndarray:
+    """The layer's output before its bias on integer activations ``q``, (N, O, positions)
+    (a MatMul's rows as positions), as a CPU without VNNI (``saturate``) or an exact one
+    computes it."""
+    sat, exact, comp, _, _ = _accumulate(layer, q, len(q))
+    acc = (sat if saturate else exact) - comp
+    return layer.x_scale * np.asarray(w_scale, np.float64).reshape(1, -1, 1) * acc
+
+
 def emulate(layer: QLayer, q: np.ndarray) -> dict:
     """Layer ``layer`` on its integer activation ``q`` as a CPU without VNNI computes it:
     the fraction of pair sums that saturate, and the error that causes in the layer's
     output (relative RMS over the exact integer result, the shift compensation and
     scales being exact), with ``images`` the inputs emulated."""
-    shift = SHIFT[layer.x_dtype]
-    w = layer.w.astype(np.int32)
     conv = layer.node.op_type == "Conv"
-    per_image = (w.size // 2 * int(np.prod(q.shape[2:]))) if conv else w.size // 2 * int(
-        np.prod(q.shape[1:-1]))
-    images = max(1, min(len(q), BUDGET // max(per_image, 1)))
-    u = q[:images].astype(np.int32) + shift
-    zero = layer.x_zero + shift
-    sat_total = exact_total = None
-    saturated = count = 0
-    if conv:
-        taps, (ho, wo) = _taps(u, layer, zero)
-        cg, og = w.shape[1], w.shape[0] // layer.group
-        outs_sat, outs_exact = [], []
-        for gi in range(layer.group):
-            wg = w[gi * og:(gi + 1) * og]
-            acc_sat = acc_exact = 0
-            for t, tap in enumerate(taps):
-                ut = tap[:, gi * cg:(gi + 1) * cg].reshape(images, cg, -1)
-                s, e, n_sat, n = _pair_sums(ut, wg.reshape(og, cg, -1)[:, :, t])
-                acc_sat, acc_exact = acc_sat + s, acc_exact + e
-                saturated, count = saturated + n_sat, count + n
-            outs_sat.append(acc_sat)
-            outs_exact.append(acc_exact)
-        sat_total, exact_total = np.concatenate(outs_sat, 1), np.concatenate(outs_exact, 1)
-        comp = zero * w.reshape(w.shape[0], -1).sum(1)[None, :, None]
-    else:  # (..., K) @ (K, N): pairs along K
-        k = w.shape[0]
-        ut = u.reshape(-1, k).T[None]  # (1, K, M)
-        sat_total, exact_total, saturated, count = _pair_sums(ut, w.T)
-        comp = zero * w.sum(0)[None, :, None]
-    true = exact_total - comp
-    err = float(np.sqrt(((sat_total - exact_total).astype(np.float64) ** 2).mean()))
-    rms = float(np.sqrt((true.astype(np.float64) ** 2).mean()))
+    positions = int(np.prod(q.shape[2:] if conv else q.shape[1:-1]))
+    images = max(1, min(len(q), BUDGET // max(layer.w.size // 2 * positions, 1)))
+    sat, exact, comp, saturated, count = _accumulate(layer, q, images)
+    err = float(np.sqrt(((sat - exact).astype(np.float64) ** 2).mean()))
+    rms = float(np.sqrt(((exact - comp).astype(np.float64) ** 2).mean()))
     return {"node": layer.node.name, "op": layer.node.op_type, "images": images,
             "pair_sums": count, "saturated": saturated,
             "saturated_fraction": saturated / count if count else 0.0,

@@ -1,0 +1,170 @@
+"""The saturation emulation against the runtimes, and the portable weight form.
+
+x86 CPUs without VNNI saturate u8 x s8 pair sums in int16 (saturation.py). On any x86
+machine OpenVINO can be made to compute that way (``ONEDNN_MAX_CPU_ISA=AVX2``, honoured
+by release builds), so the emulation is checked against real OpenVINO here whatever the
+CPU; ONNX Runtime has no such switch, so it is checked as this CPU computes (exact with
+VNNI; on a CPU without it, the portable form must still match the exact result)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deploy_attn.graph_rewrite import Graph
+from deploy_attn.pipeline.isa import cpu_isa, isa_line, openvino_limited
+from deploy_attn.pipeline.saturation import (PAIR_BOUND, _couples, _flattenings,
+                                             emulated_output, integer_activations,
+                                             portable_weights, quantized_layers,
+                                             saturation_report)
+from deploy_attn.pipeline.targets import openvino_missing
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+needs_ov_x86 = pytest.mark.skipif(openvino_missing() is not None or not X86,
+                                  reason=openvino_missing() or "the ISA limit is x86's")
+
+# (input channels, output channels, kernel, group, activation type)
+LAYERS = [(16, 8, 3, 1, "int8"), (5, 6, 3, 1, "int8"), (3, 4, 3, 1, "uint8"),
+          (32, 16, 1, 1, "int8"), (12, 8, 3, 2, "uint8"), (8, 8, 3, 8, "int8")]
+
+
+def conv_graph(c: int, o: int, k: int, group: int, act: str, seed: int = 0) -> onnx.ModelProto:
+    """float -> Q -> DQ -> Conv(DQ(int8 weights, per channel)) with weights near +-127 of
+    one sign in runs (pairs that saturate) and padding 1 for k = 3."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(60, 128, size=(o, c // group, k, k)) * rng.choice([-1, 1], size=(o, 1, 1, 1))
+    w[:, 2::4] *= -1  # signs in runs of two: adjacent pairs of one sign
+    w[:, 3::4] *= -1
+    zero = np.array(0 if act == "int8" else 100, np.int8 if act == "int8" else np.uint8)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+             numpy_helper.from_array(zero, "xz"),
+             numpy_helper.from_array(w.astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(0.001, 0.01, o).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(o, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", group=group,
+                              pads=[k // 2] * 4, kernel_shape=[k, k])]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                       [2, c, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def layer_inputs(c: int, act: str, seed: int = 1) -> np.ndarray:
+    """Inputs spanning the activation's range (ReLU-like for the signed ones)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0 if act == "int8" else -5.0, 6.35 if act == "int8" else 7.75,
+                    size=(2, c, 9, 9))
+    return x.astype(np.float32)
+
+
+def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
+    """OpenVINO's output on ``x`` in a fresh process with ``env`` added."""
+    np.save(path.with_suffix(".x.npy"), x)
+    code = ("import sys, numpy as np; from deploy_attn.pipeline.targets import ov_compile, "
+            "ov_outputs; p = sys.argv[1]; "
+            "np.save(p + '.y.npy', ov_outputs(ov_compile(p), np.load(p[:-5] + '.x.npy')))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return np.load(str(path) + ".y.npy")
+
+
+def emulation(model: onnx.ModelProto, x: np.ndarray, saturate: bool) -> np.ndarray:
+    (layer,) = quantized_layers(Graph(model))
+    q = integer_activations(model, [layer.x], x)[layer.x]
+    scale = numpy_helper.to_array(next(i for i in model.graph.initializer
+                                       if i.name == layer.w_dq.input[1]))
+    y = emulated_output(layer, q, scale, saturate)
+    return y.reshape(len(x), y.shape[1], *x.shape[2:])
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@needs_ov_x86
+@pytest.mark.parametrize("c,o,k,group,act", LAYERS, ids=lambda v: str(v))
+def test_emulation_is_openvino_without_vnni(tmp_path, c, o, k, group, act):
+    """Each layer saturates as predicted: OpenVINO limited to AVX2 equals the saturating
+    emulation to 1e-5 of the output's range, and differs from the exact result by what the
+    emulation says (depthwise convolutions are not paired: exact)."""
+    model = conv_graph(c, o, k, group, act)
+    path = tmp_path / "layer.onnx"
+    onnx.save(model, str(path))
+    x = layer_inputs(c, act)
+    ov = openvino_run(path, x, AVX2)
+    predicted, exact = emulation(model, x, True), emulation(model, x, False)
+    report = saturation_report(model, x)
+    err = rel(ov, predicted)
+    print(f"[saturation] {c}->{o} k{k} g{group} {act}: OpenVINO AVX2 vs emulation {err:.2e}, "
+          f"vs exact {rel(ov, exact):.2e}, predicted {report['max_saturated_fraction']:.3f}")
+    if group == c:  # depthwise: exact on oneDNN
+        assert report["depthwise_exact"] == 1 and not report["layers"]
+        assert rel(ov, exact) < 1e-5
+        return
+    assert report["layers"][0]["saturated"] > 0  # the weights were made to saturate
+    assert err < 1e-5 and rel(ov, exact) > 1e-2, (err, rel(ov, exact))
+
+
+@needs_ov_x86
+def test_portable_weights_compute_exactly_without_vnni(tmp_path):
+    """The portable form: no same-sign neighbour couple over the bound in either layout,
+    no saturation predicted, OpenVINO limited to AVX2 and this CPU's ONNX Runtime integer
+    kernels both equal the exact result of the refitted graph, which stays close to the
+    original one."""
+    for c, o, k, group, act in LAYERS[:4]:
+        model = conv_graph(c, o, k, group, act)
+        x = layer_inputs(c, act)
+        original = emulation(model, x, False)
+        assert portable_weights(model)["layers"] == 1
+        (layer,) = quantized_layers(Graph(model))
+        assert _couples(_flattenings(layer)).max() <= PAIR_BOUND
+        assert saturation_report(model, x)["saturating_layers"] == 0
+        path = tmp_path / f"portable-{c}-{k}.onnx"
+        onnx.save(model, str(path))
+        exact = emulation(model, x, False)
+        assert rel(openvino_run(path, x, AVX2), exact) < 1e-5
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert rel(session.run(None, {"x": x})[0], exact) < 1e-5
+        assert rel(exact, original) < 0.02, rel(exact, original)  # at most ~1 bit lost
+
+
+def test_onnx_runtime_integer_kernels_as_this_cpu_predicts():
+    """A CPU with exact 8-bit dot products (VNNI, AMX, ARM) computes the saturating layer
+    exactly; one without must not (per-ISA expectation from the emulation)."""
+    model = conv_graph(32, 16, 1, 1, "uint8")
+    x = layer_inputs(32, "uint8")
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": x})[0]
+    exact = emulation(model, x, False)
+    print(f"[saturation] {isa_line()}: ONNX Runtime vs exact {rel(y, exact):.2e}")
+    if cpu_isa()["int8_dot"] == "exact":
+        assert rel(y, exact) < 1e-5
+    else:
+        assert rel(y, exact) > 1e-3
+
+
+def test_cpu_probe_names_the_isa(monkeypatch):
+    cpu = cpu_isa()
+    assert cpu["machine"] and cpu["int8_dot"] in ("exact", "saturating")
+    if X86:
+        assert "avx2" in cpu["isa"] or cpu["int8_dot"] == "saturating"
+        assert cpu["int8_dot"] == ("exact" if {"avx512_vnni", "avx_vnni", "amx_int8"}
+                                   & set(cpu["isa"]) else "saturating")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert openvino_limited() and cpu_isa()["openvino_int8_dot"] == "saturating"
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in isa_line()
