@@ -134,3 +134,11 @@ def digits_checkpoint(digit_sets, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def pytest_report_header(config) -> str:
+    """The CPU the session runs on: INT8 figures on the CPU targets' integer kernels are
+    per-ISA expectations (tests/test_saturation.py)."""
+    from deploy_attn.pipeline.isa import isa_line
+
+    return isa_line()

@@ -186,28 +186,95 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
         assert lo <= forms[form]["drop"] <= hi
 
 
-def test_digits_ort_format_files_compute_as_their_onnx(case, exported):
+INTEGER_KERNELS = 5e-4  # cosine: an INT8 file on integer kernels vs its graph computed exactly
+PORTABLE_DROP = 0.5  # points of top-1 (mIoU) the portable CPU INT8 targets may lose
+
+
+def _exact(model, x):
+    """A graph's output on ``x`` with each op as the graph states it (the TensorRT
+    emulation: exact integer products, the same on every CPU)."""
+    import onnxruntime as ort
+
+    from deploy_attn.pipeline.parity import ort_outputs
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort_outputs(ort.InferenceSession(model.SerializeToString(), opts,
+                                            providers=["CPUExecutionProvider"]), x)
+
+
+def _own_graph_cosine(exported: Path, fmt: str, precision: str, x, ref) -> float:
+    """The cosine of the graph a target file was made from (its forms and the portable
+    weights), computed exactly: what the file must give on any CPU."""
+    from deploy_attn.pipeline.parity import compare
+    from deploy_attn.pipeline.targets import target_graph
+
+    model, _ = target_graph(fmt, exported / f"model.{precision}.onnx", "portable")
+    return compare(_exact(model, x), ref).cosine
+
+
+def test_digits_portable_cpu_targets_keep_their_accuracy(case, exported, digit_sets):
+    """Done-when: the portable CPU INT8 targets lose at most PORTABLE_DROP points against
+    PyTorch on the test set, on every CPU (their integer kernels cannot saturate), and the
+    export's saturation report says so while predicting it for the TensorRT files."""
+    report = json.loads((exported / "report.json").read_text())
+    for precision in ("int8-fp32", "int8"):
+        assert "saturation" in report["precisions"][precision], precision
+        for fmt, entries in report["targets"].items():
+            sat = entries[precision]["saturation"]
+            assert sat["saturating_layers"] == 0 and sat["layers"], (fmt, precision, sat)
+    result = json.loads((exported / ACCURACY_FILE).read_text()) if (
+        exported / ACCURACY_FILE).is_file() else None
+    if result is None:
+        with one_thread():
+            result = evaluate(exported, _data(case, digit_sets, "test")).as_dict()
+    refused = {f"{TARGET_PREFIX[fmt]}{p}" for fmt, p in case.refused}
+    drops = {f["form"]: f["drop"] for f in result["forms"]
+             if f["status"] == "ok" and f.get("drop") is not None}
+    for fmt in FORMATS:
+        for precision in ("int8-fp32", "int8"):
+            form = f"{TARGET_PREFIX[fmt]}{precision}"
+            if form not in refused:
+                assert drops[form] <= PORTABLE_DROP, (form, drops[form])
+    print(f"[digits] {case.name} portable CPU INT8 drops (points): "
+          f"{ {k: round(v, 2) for k, v in drops.items() if k.startswith(tuple(TARGET_PREFIX.values()))} }")
+
+
+def test_digits_ort_format_files_compute_as_their_graph(case, exported):
     """Trained weights are where FP16 Q/DQ meets ORT's WeightBiasQuantization (its bias /
-    scale quotient overflows FP16): the converter must leave it out, so the INT8 + FP16
-    ORT-format file keeps the ONNX file's cosine."""
+    scale quotient overflows FP16): the converter must leave it out, so the ORT-format file
+    computes what its graph states: FP32/FP16 files the ONNX file's cosine, INT8 ones
+    their portable graph's exact cosine (their integer kernels, on any CPU)."""
     report = json.loads((exported / "report.json").read_text())
     ort = report["targets"]["ort"]
     assert set(ort) == {"fp32", "fp16", "int8-fp32", "int8"}, sorted(ort)
+    exp = open_export(exported)
+    x = exp.verify_inputs(exp.cfg.verify_count)
+    ref = torch_outputs(exp.card().module, x)
     for precision, entry in ort.items():
         cosine = entry["results"][0]["cosine"]
-        onnx = report["parity"]["fp32"] if precision == "fp32" else report["precisions"][precision]
-        onnx_cosine = onnx["results"][0]["cosine"]
-        assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-4, (precision, cosine,
-                                                                   onnx_cosine)
+        # INT8 on integer kernels rounds where the exact graph does not (requantized
+        # outputs): 2.0e-4 apart on mobilenetv2_ca int8-fp32 here, where AVX2 saturation put
+        # the TensorRT-form file 9e-4 off its ONNX Runtime figure
+        allowed = INTEGER_KERNELS if precision == "int8-fp32" else 1e-4
+        if precision.startswith("int8"):
+            own = _own_graph_cosine(exported, "ort", precision, x, ref)
+        else:
+            onnx = report["parity"]["fp32"] if precision == "fp32" else report["precisions"][
+                precision]
+            own = onnx["results"][0]["cosine"]
+        assert entry["ok"] and abs(cosine - own) < allowed, (precision, cosine, own)
 
 
 @pytest.mark.skipif(openvino_missing() is not None, reason=openvino_missing() or "")
-def test_digits_openvino_int8_computes_as_onnx_in_its_graph_forms(case, exported):
+def test_digits_openvino_int8_computes_as_its_graph(case, exported):
     """OpenVINO's low-precision transformations ran CA's pool Concat in U8 and put the
     TensorRT-form Q/DQ graph at cosine 0.989 on the trained mobilenetv2_ca (refused at the
     0.99 threshold); the OpenVINO target's graph has no Concat there (``unsplit``), and its
-    IR computes as the ONNX file does on ONNX Runtime."""
+    IR computes as that graph states, on any CPU (portable weights: no saturation)."""
     from deploy_attn.pipeline.parity import compare
+    from deploy_attn.pipeline.saturation import portable_weights
     from deploy_attn.pipeline.targets import ov_compile, ov_outputs
 
     report = json.loads((exported / "report.json").read_text())
@@ -218,14 +285,23 @@ def test_digits_openvino_int8_computes_as_onnx_in_its_graph_forms(case, exported
         entry = report["targets"]["openvino"][precision]
         if ("openvino", precision) in case.refused:
             continue
-        onnx_cosine = report["precisions"][precision]["results"][0]["cosine"]
+        own = _own_graph_cosine(exported, "openvino", precision, x, ref)
         cosine = entry["results"][0]["cosine"]
-        trt_form = compare(ov_outputs(ov_compile(exported / f"model.{precision}.onnx"), x),
-                           ref).cosine
+        trt = onnx_load(exported / f"model.{precision}.onnx")
+        portable_weights(trt)  # the TensorRT form with the same weights: only the forms differ
+        path = exported.parent / f"trt-form-{precision}.onnx"
+        path.write_bytes(trt.SerializeToString())
+        trt_form = compare(ov_outputs(ov_compile(path), x), ref).cosine
         print(f"[digits] {case.name} {precision} on OpenVINO: TensorRT-form graph "
-              f"{trt_form:.5f}, target ({entry['forms']}) {cosine:.5f}, ONNX Runtime "
-              f"{onnx_cosine:.5f}")
-        assert entry["ok"] and abs(cosine - onnx_cosine) < 1e-3, (precision, cosine)
+              f"{trt_form:.5f}, target ({entry['forms']}) {cosine:.5f}, its graph exactly "
+              f"{own:.5f}")
+        assert entry["ok"] and abs(cosine - own) < 1e-3, (precision, cosine, own)
         if case.name == "mobilenetv2_ca":
             assert entry["forms"].get("unsplit") and trt_form < cosine - 2e-3, (trt_form,
                                                                                cosine)
+
+
+def onnx_load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))

@@ -302,6 +302,9 @@ def test_example_model_through_the_pipeline(tmp_path, capsys):
     for fmt, entries in report["targets"].items():
         assert entries["int8"]["saturation"]["saturating_layers"] == 0, fmt
         assert entries["int8"]["forms"]["portable_int8"] > 0, entries["int8"]["forms"]
+    assert run_cli(capsys, "report", tmp_path / "out", "-o", tmp_path / "report")[0] == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "INT8 on CPUs without VNNI (predicted)" in page and "portable CPUs" in page, page
     native = check_in_new_process(tmp_path / "out")
     _assert_checked(native, files=3, qdq=1)
     print(native.stdout)

@@ -109,26 +109,6 @@ class Latency:
 
 
 # --- the environment the numbers belong to --------------------------------------------
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD features that decide ONNX Runtime's INT8 and FP32 kernels."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    return []
-
-
 def gpu_name() -> str | None:
     import torch
 
@@ -143,7 +123,10 @@ def environment() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+    from .isa import cpu_isa
+
+    cpu = cpu_isa()
+    return {"cpu": cpu["model"], "cpu_flags": cpu["isa"], "isa": cpu, "cores": os.cpu_count(),
             "usable_cores": usable, "load_average": [round(v, 2) for v in os.getloadavg()],
             "gpu": gpu_name(), "platform": platform.platform(), "versions": library_versions()}
 
@@ -295,7 +278,9 @@ def settings_line(result: dict) -> str:
             f"inter-op {o.get('inter_op_num_threads')}, {o.get('execution_mode')}, spinning "
             f"{'off' if o.get('allow_spinning') == '0' else 'on'}. "
             + (f"OpenVINO CPU {', '.join(f'{k} {v}' for k, v in ov.items())}. " if ov else "") +
-            f"{env.get('cpu', '?')} ({env.get('usable_cores', '?')} usable cores, load average "
+            f"{env.get('cpu', '?')} ({' '.join(env.get('cpu_flags', [])) or 'no listed ISA'}; "
+            f"8-bit dot products {env.get('isa', {}).get('int8_dot', '?')}; "
+            f"{env.get('usable_cores', '?')} usable cores, load average "
             f"{' '.join(map(str, env.get('load_average', [])))})"
             f"{', GPU ' + env['gpu'] if env.get('gpu') else ', no GPU'}.")
 

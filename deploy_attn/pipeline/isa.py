@@ -14,7 +14,7 @@ import os
 import platform
 from pathlib import Path
 
-X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+X86_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 ARM_FLAGS = ("asimddp", "i8mm")  # /proc/cpuinfo's names for dotprod and i8mm
 EXACT_X86 = ("avx512_vnni", "avx_vnni", "amx_int8")
 # oneDNN honours ONEDNN_MAX_CPU_ISA in release builds and OpenVINO's CPU plugin its own

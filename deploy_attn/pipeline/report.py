@@ -392,6 +392,45 @@ def maps_blocks(rec: ModelRecord) -> list[Block]:
 
 
 # --- the report --------------------------------------------------------------------------
+SATURATION_HEADER = ["artifact", "for", "layers", "saturating", "max pair sums saturated",
+                     "worst layer", "its output error (RMS)"]
+
+
+def saturation_blocks(rec: ModelRecord) -> list[Block]:
+    """What a CPU without VNNI does with each INT8 artifact (saturation.py): one row per
+    file, then the saturating layers of each."""
+    rows, layers = [], []
+    entries = [(e["file"], "TensorRT / any runtime", e) for p, e in
+               rec.report.get("precisions", {}).items() if "saturation" in e]
+    entries += [(e["files"][0] if e["files"] else f"{fmt} {p} (not written)",
+                 f"{e.get('cpu', '?')} CPUs", e)
+                for fmt, forms in rec.report.get("targets", {}).items()
+                for p, e in forms.items() if "saturation" in e]
+    for name, for_, e in entries:
+        sat = e["saturation"]
+        worst = sat.get("worst") or {}
+        rows.append([name, for_, str(len(sat["layers"])), str(sat["saturating_layers"]),
+                     f"{100 * sat['max_saturated_fraction']:.3g}%", worst.get("node", "-"),
+                     f"{100 * worst.get('output_rel_rms_error', 0):.3g}%"])
+        layers += [[name, r["node"], r["op"], f"{100 * r['saturated_fraction']:.3g}%",
+                    f"{100 * r['output_rel_rms_error']:.3g}%", str(r["images"])]
+                   for r in sat["layers"] if r["saturated"]][:12]
+    if not rows:
+        return []
+    cpu = rec.report.get("cpu", {})
+    blocks = [Heading("INT8 on CPUs without VNNI (predicted)", 3),
+              Para("Each u8 x s8 pair sum emulated in int16 on the calibration activations, as "
+                   "an x86 CPU without VNNI (AVX2, AVX-512 without VNNI) computes it; a VNNI, "
+                   "AMX or ARM CPU and TensorRT compute exactly. Exported on "
+                   f"{cpu.get('model', '?')} ({' '.join(cpu.get('isa', [])) or '?'}; 8-bit dot "
+                   f"products {cpu.get('int8_dot', '?')})."),
+              Table(SATURATION_HEADER, rows)]
+    if layers:
+        blocks.append(Table(["artifact", "layer", "op", "pair sums saturated",
+                             "output error (RMS)", "images"], layers))
+    return blocks
+
+
 def build_blocks(records: list[ModelRecord]) -> list[Block]:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [Heading("deploy-attn deployment report", 1),
@@ -431,6 +470,7 @@ def build_blocks(records: list[ModelRecord]) -> list[Block]:
                         f"; status {r.report.get('status', '?')}."),
                    Heading("Parity, precision and TensorRT check", 3),
                    Table(PRECISION_HEADER, precision_rows(r))]
+        blocks += saturation_blocks(r)
         if r.bench:
             blocks += [Heading("Latency", 3), Para(settings_line(r.bench)),
                        Table(*latency_table(r.bench))]

@@ -214,7 +214,8 @@ def saturation_report(graph: str | Path | onnx.ModelProto, inputs: np.ndarray,
     paired = [la for la in layers if not la.depthwise]
     acts = integer_activations(model, sorted({la.x for la in paired}), inputs[:images])
     rows = [emulate(la, acts[la.x]) for la in paired]
-    worst = max(rows, key=lambda r: r["output_rel_rms_error"], default=None)
+    worst = max((r for r in rows if r["saturated"]), key=lambda r: r["output_rel_rms_error"],
+                default=None)
     return {"model": "x86 without VNNI (vpmaddubsw: adjacent input channels paired at each "
                      "kernel tap, int16 saturation), as oneDNN computes it",
             "layers": rows, "depthwise_exact": sum(la.depthwise for la in layers),
@@ -281,9 +282,13 @@ def portable_weights(model: onnx.ModelProto) -> dict:
     for node in g.graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
+    done: set[str] = set()
     for layer in quantized_layers(g):
-        if layer.depthwise:
+        # a weight DequantizeLinear read by several layers (unsplit's twin convs) is refitted
+        # once: its layers share the weights, hence the same couples
+        if layer.depthwise or layer.w_dq.output[0] in done:
             continue
+        done.add(layer.w_dq.output[0])
         conv = layer.node.op_type == "Conv"
         f = _factors(_flattenings(layer))
         scale = g.const(layer.w_dq.input[1])
