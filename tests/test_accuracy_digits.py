@@ -186,7 +186,12 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
         assert lo <= forms[form]["drop"] <= hi
 
 
-INTEGER_KERNELS = 5e-4  # cosine: an INT8 file on integer kernels vs its graph computed exactly
+# cosine: an INT8 file on integer kernels vs its graph computed exactly. Integer kernels
+# requantize each layer's output where the exact graph keeps FP32 until the next Q: seen
+# 2.0e-4 (AMD Zen 4, VNNI) and 5.8e-4 (Sapphire Rapids, AMX) on the ORT file, up to 2.3e-4
+# between OpenVINO's AMX and VNNI kernels on the same IR. Saturation is caught apart from
+# this, exactly (the saturation report asserted above, tests/test_saturation.py).
+INTEGER_KERNELS = 1e-3
 PORTABLE_DROP = 0.5  # points of top-1 (mIoU) the portable CPU INT8 targets may lose
 
 
@@ -254,9 +259,7 @@ def test_digits_ort_format_files_compute_as_their_graph(case, exported):
     ref = torch_outputs(exp.card().module, x)
     for precision, entry in ort.items():
         cosine = entry["results"][0]["cosine"]
-        # INT8 on integer kernels rounds where the exact graph does not (requantized
-        # outputs): 2.0e-4 apart on mobilenetv2_ca int8-fp32 here, where AVX2 saturation put
-        # the TensorRT-form file 9e-4 off its ONNX Runtime figure
+        # INT8 on integer kernels rounds where the exact graph does not (requantized outputs)
         allowed = INTEGER_KERNELS if precision == "int8-fp32" else 1e-4
         if precision.startswith("int8"):
             own = _own_graph_cosine(exported, "ort", precision, x, ref)
@@ -295,9 +298,12 @@ def test_digits_openvino_int8_computes_as_its_graph(case, exported):
         print(f"[digits] {case.name} {precision} on OpenVINO: TensorRT-form graph "
               f"{trt_form:.5f}, target ({entry['forms']}) {cosine:.5f}, its graph exactly "
               f"{own:.5f}")
-        assert entry["ok"] and abs(cosine - own) < 1e-3, (precision, cosine, own)
+        assert entry["ok"] and abs(cosine - own) < INTEGER_KERNELS, (precision, cosine, own)
+        # how far below the TensorRT form falls is the CPU's: 0.9965 against the target's
+        # 0.9990 with OpenVINO limited to AVX512_CORE_VNNI, the two equal (0.99872) on AMX
+        # kernels; the target is never the worse one
         if case.name == "mobilenetv2_ca":
-            assert entry["forms"].get("unsplit") and trt_form < cosine - 2e-3, (trt_form,
+            assert entry["forms"].get("unsplit") and trt_form < cosine + 1e-4, (trt_form,
                                                                                cosine)
 
 

@@ -21,8 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy_attn.graph_rewrite import Graph
 from deploy_attn.pipeline.isa import cpu_isa, isa_line, openvino_limited
-from deploy_attn.pipeline.saturation import (PAIR_BOUND, _couples, _flattenings,
-                                             emulated_output, integer_activations,
+from deploy_attn.pipeline.saturation import (PAIR_BOUND, _couples, _factors, _flattenings,
+                                             _refit, _rows, emulated_output,
+                                             integer_activations,
                                              portable_weights, quantized_layers,
                                              saturation_report)
 from deploy_attn.pipeline.targets import openvino_missing
@@ -140,6 +141,27 @@ def test_portable_weights_compute_exactly_without_vnni(tmp_path):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert rel(session.run(None, {"x": x})[0], exact) < 1e-5
         assert rel(exact, original) < 0.02, rel(exact, original)  # at most ~1 bit lost
+
+
+def test_the_refit_picks_clipping_or_rescaling_by_weight_error():
+    """A channel with one couple a little over the bound among many small weights (trained
+    weights) keeps most of its scale, that couple clipped; one whose weights are large everywhere is
+    rescaled (clipping would cut most of them). Either way every couple is within the
+    bound in both layouts, and the error is never above rescaling alone."""
+    rng = np.random.default_rng(0)
+    tail = np.clip(rng.normal(0, 8, (1, 64, 3, 3)), -40, 40)
+    tail[0, 2:4, 1, 1] = [70, 64]  # one couple 6 over the bound
+    flat = rng.integers(60, 128, (1, 64, 3, 3)) * rng.choice([-1, 1], (1, 64, 3, 3))
+    w = np.round(np.concatenate([tail, flat])).astype(np.int8)
+    q, f = _refit(w.astype(np.float64), True, per_channel=True)
+    lowest = _factors(_rows(w, True))
+    assert _couples(_rows(q, True)).max() <= PAIR_BOUND
+    assert f[0] > lowest[0] + 0.02 and f[1] == pytest.approx(lowest[1]), (f, lowest)
+    err = np.square(q / f.reshape(-1, 1, 1, 1) - w).sum((1, 2, 3))
+    rescaled = np.round(w * lowest.reshape(-1, 1, 1, 1))
+    err_rescaled = np.square(rescaled / lowest.reshape(-1, 1, 1, 1) - w).sum((1, 2, 3))
+    print(f"[saturation] refit error {err} vs rescaling alone {err_rescaled}")
+    assert (err <= err_rescaled + 1e-9).all() and err[0] < err_rescaled[0] / 2
 
 
 def test_onnx_runtime_integer_kernels_as_this_cpu_predicts():

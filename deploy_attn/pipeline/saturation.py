@@ -16,8 +16,11 @@ two neighbouring weights of the same sign sum to more than 128 in |w|, in either
 kernel may lay the reduction out (input channels innermost, as oneDNN and ONNX Runtime's
 NHWC kernels do, or kernel taps innermost, as an NCHW im2col does). Then 255 * 128 = 32640
 bounds every pair sum (a mixed-sign pair stays below 255 * 128 anyway), on every CPU.
-Channels already within it keep their weights; the others are scaled by the factor that
-brings their worst couple to 128. The bound over any two weights (top two |w|) or 7-bit
+Channels already within it keep their weights; for each other one the refit is chosen by
+measurement: from rescaling the whole channel until its worst couple is within 128 (every
+weight a coarser step) to keeping its scale and clipping the couples over it (the few
+largest weights cut), the candidate whose weights are nearest the original ones (least
+squares) wins. The bound over any two weights (top two |w|) or 7-bit
 weights (NNCF's OverflowFix, ONNX Runtime's reduce_range) cost more accuracy: README,
 "CPUs".
 """
@@ -265,10 +268,70 @@ def _factors(rows: list[np.ndarray]) -> np.ndarray:
 def _flattenings(layer: "QLayer") -> list[np.ndarray]:
     """The layer's weights as (O, K) rows in each order a kernel may pair them in: kernel
     taps innermost (NCHW im2col) and input channels innermost (oneDNN, NHWC kernels)."""
-    w = layer.w
-    if layer.node.op_type != "Conv":
+    return _rows(layer.w, layer.node.op_type == "Conv")
+
+
+def _rows(w: np.ndarray, conv: bool) -> list[np.ndarray]:
+    """_flattenings of a weight array in its layer's layout (Conv OIHW, else (K, O))."""
+    if not conv:
         return [w.T]
     return [w.reshape(w.shape[0], -1), w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)]
+
+
+def _clip_couples(w: np.ndarray, conv: bool) -> np.ndarray:
+    """``w`` (integers, in its layer's layout) with every same-sign neighbour couple over
+    PAIR_BOUND in any flattening brought within it: each such couple's excess is taken off
+    its two weights in halves (the least-squares split; the larger gets the odd unit), a
+    weight in several couples losing the most any of them asks, until none is over."""
+    v = w.astype(np.int32).ravel()
+    flats = _rows(np.arange(v.size).reshape(w.shape), conv)
+    while True:
+        cut = np.zeros_like(v)
+        for idx in flats:
+            r = v[idx]
+            a, b = r[:, :-1], r[:, 1:]
+            excess = np.where(a * b > 0, np.abs(a) + np.abs(b) - PAIR_BOUND, 0)
+            over = excess > 0
+            if not over.any():
+                continue
+            larger = (np.abs(a) >= np.abs(b))[over]
+            big, small = (excess[over] + 1) // 2, excess[over] // 2
+            ia, ib = idx[:, :-1][over], idx[:, 1:][over]
+            np.maximum.at(cut, ia, np.where(larger, big, small))
+            np.maximum.at(cut, ib, np.where(larger, small, big))
+        if not cut.any():
+            return v.reshape(w.shape)
+        v -= np.sign(v) * cut
+
+
+def _refit(w: np.ndarray, conv: bool, per_channel: bool, steps: int = 8
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The portable INT8 weights of ``w`` and the factor f each output channel's scale is
+    divided by: among f from the smallest that keeps every couple within PAIR_BOUND by
+    rescaling alone (_factors) up to 1 (no rescaling, couples clipped: _clip_couples), the
+    one whose weights round(w * f) / f, clipped, are nearest ``w`` (least squares, per
+    channel; one f for the tensor when it has one scale). Rescaling costs every weight a
+    coarser step, clipping costs the few largest couples: the measure picks the balance."""
+    axis = 0 if conv else 1
+    shape = [-1 if d == axis else 1 for d in range(w.ndim)]
+    lowest = _factors(_rows(w, conv))
+    if not per_channel:
+        lowest = np.full_like(lowest, lowest.min())
+    best_w, best_f, best_err = None, None, None
+    for t in np.linspace(0.0, 1.0, steps + 1):
+        f = lowest + (1.0 - lowest) * t
+        q = _clip_couples(np.round(w * f.reshape(shape)), conv)
+        err = np.square(q / f.reshape(shape) - w).sum(axis=tuple(
+            d for d in range(w.ndim) if d != axis))
+        if not per_channel:
+            err = np.full_like(err, err.sum())
+        if best_err is None:
+            best_w, best_f, best_err = q, f.copy(), err
+            continue
+        better = err < best_err
+        best_w = np.where(better.reshape(shape), q, best_w)
+        best_f, best_err = np.where(better, f, best_f), np.minimum(err, best_err)
+    return best_w.astype(np.int8), best_f
 
 
 def portable_weights(model: onnx.ModelProto) -> dict:
@@ -290,15 +353,12 @@ def portable_weights(model: onnx.ModelProto) -> dict:
             continue
         done.add(layer.w_dq.output[0])
         conv = layer.node.op_type == "Conv"
-        f = _factors(_flattenings(layer))
-        scale = g.const(layer.w_dq.input[1])
-        if scale.size == 1:  # one scale for the tensor: the smallest factor for every channel
-            f = np.full_like(f, f.min())
-        if (f == 1.0).all():
+        if _couples(_flattenings(layer)).max() <= PAIR_BOUND:
             continue
+        scale = g.const(layer.w_dq.input[1])
+        w_new, f = _refit(layer.w, conv, scale.size > 1)
         changed += 1
         smallest = min(smallest, float(f.min()))
-        w_new = np.round(layer.w * (f.reshape(-1, 1, 1, 1) if conv else f[None])).astype(np.int8)
         if layer.node.op_type == "Gemm" and _attrs(layer.node).get("transB"):
             w_new = w_new.T
         _set_const(g, layer.w_dq, 0, w_new, uses)
