@@ -22,6 +22,7 @@ from deploy_attn import export
 from deploy_attn.pipeline.parity import (INT8, compare, ort_outputs, ort_session, seeded_inputs,
                                          torch_outputs)
 from deploy_attn.pipeline.report import write_report
+from deploy_attn.pipeline.targets import TARGET_FORMS
 from deploy_attn.models import create_model
 from deploy_attn.registry import get_spec
 
@@ -123,8 +124,13 @@ def test_cpu_int8_passes_where_the_tensorrt_form_does(tmp_path, name):
     export(name, out_dir=tmp_path, precisions=("int8",), calib_count=8)
     spec = get_spec(name)
     calib = calibration_data(None, spec.input_shape(), None, 8)
-    art = quantize_int8_cpu(tmp_path / "model.onnx", tmp_path / "model.int8-cpu.onnx", calib)
+    art = quantize_int8_cpu(tmp_path / "model.onnx", tmp_path / "model.int8-cpu.onnx", calib,
+                            forms=TARGET_FORMS["onnx-cpu"])
     model = onnx.load(str(art.path))
+    ops = {n.op_type for n in model.graph.node}
+    if name == "ca":  # quantized in the CPU forms: its pooled halves never concatenated
+        assert art.details["forms"]["unsplit"] > 0 and art.details["forms"]["axis_pool"] > 0
+        assert not ops & {"Concat", "Split", "ReduceMean"}, ops
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["deploy_attn.precision"]) == "int8-cpu"
     inits = {i.name: i for i in model.graph.initializer}

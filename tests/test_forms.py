@@ -106,7 +106,8 @@ def test_all_forms_on_coordinate_attention(tmp_path):
     before = ca_graph(tmp_path)
     x = RNG.standard_normal((1, 16, 12, 10), dtype=np.float32)
     after, counts = same_function(before, FORM_NAMES, x)
-    assert counts == {"axis_pool": 2, "global_pool": 0, "unsplit": 2, "gate_product": 1}
+    assert counts == {"max_after_qdq": 0, "axis_pool": 2, "global_pool": 0, "unsplit": 2,
+                      "gate_product": 1}
     ops = op_counts(after)
     assert ops["AveragePool"] == 2 and "ReduceMean" not in ops
     muls = [n for n in after.graph.node if n.op_type == "Mul"]
@@ -207,3 +208,49 @@ def test_unsplit_keeps_graph_outputs_where_they_were():
 
     for want, got in zip(outputs(before), outputs(after)):
         np.testing.assert_array_equal(got, want)
+
+
+def max_qdq_graph(scale=np.float32(0.05), extra_reader=False) -> onnx.ModelProto:
+    """CBAM's channel gate in Q/DQ: ReduceMax over H, W -> Q -> DQ -> Conv (a DQ weight)."""
+    w = RNG.integers(-127, 128, (4, 6, 1, 1)).astype(np.int8)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceMax", ["r", "axes"], ["m"], keepdims=1),
+             helper.make_node("QuantizeLinear", ["m", "s", "z"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], axis=1),
+             helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0),
+             helper.make_node("Conv", ["dq", "w"], ["y"])]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["m"], ["m2"]))
+    return graph(nodes, (2, 6, 5, 5), inits=[
+        ("axes", np.array([2, 3], np.int64)), ("s", scale), ("z", np.zeros_like(scale, np.int8)),
+        ("wq", w), ("ws", np.full(4, 0.01, np.float32))])
+
+
+def test_max_after_qdq_is_exact_and_what_openvino_computes():
+    """Q/DQ moved before ReduceMax: the same values to the bit on ONNX Runtime, and
+    OpenVINO's CPU plugin computes the rewritten graph as ONNX Runtime does (the first order
+    came out rounded to whole units on unet_cbam)."""
+    x = 3 * RNG.standard_normal((2, 6, 5, 5), dtype=np.float32)
+    model = max_qdq_graph()
+    after, counts = same_function(model, ["max_after_qdq"], x)
+    assert counts["max_after_qdq"] == 1
+    assert [n.op_type for n in after.graph.node][:4] == \
+        ["Relu", "QuantizeLinear", "DequantizeLinear", "ReduceMax"]
+    np.testing.assert_array_equal(run(after, x), run(model, x))
+    from deploy_attn.pipeline.targets import openvino_missing
+    if openvino_missing():
+        return  # the ONNX Runtime half above is the part that holds everywhere
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(after.SerializeToString(), b""), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    err = float(np.abs(np.asarray(compiled(x)[0]) - run(after, x)).max())
+    assert err <= ATOL, f"OpenVINO vs ONNX Runtime on the rewritten graph: max abs {err:.3g}"
+
+
+@pytest.mark.parametrize("model", [max_qdq_graph(np.full(6, 0.05, np.float32)),
+                                   max_qdq_graph(extra_reader=True)],
+                         ids=["per-channel scale", "max read twice"])
+def test_max_after_qdq_leaves_near_misses(model):
+    assert apply_forms(model, ["max_after_qdq"])["max_after_qdq"] == 0

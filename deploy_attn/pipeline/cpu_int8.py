@@ -28,6 +28,7 @@ from pathlib import Path
 import onnx
 
 from .calib import CalibData
+from .forms import apply_forms
 from .onnx_io import load_onnx
 from .precision import PrecisionArtifact, _name_nodes, _write, static_qdq
 from .saturation import portable_weights
@@ -68,14 +69,18 @@ def gate_paths(model: onnx.ModelProto) -> list[str]:
 def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
                       method: str = "minmax", reduce_range: bool = False,
                       float_gates: bool = True, cache_dir: str | Path | None = None,
-                      portable: bool = True) -> PrecisionArtifact:
+                      portable: bool = True, forms: tuple[str, ...] = ()) -> PrecisionArtifact:
     """INT8 Q/DQ for ONNX Runtime CPU: UINT8 asymmetric activations, INT8 symmetric
     per-channel weights, every op type ORT has an integer kernel for, calibrated on
     ``calib``; with ``float_gates`` the gates and the paths to the ops they scale stay
     FP32 (gate_paths). ``portable`` refits the weights to the 8-bit pair bound
     (saturation.portable_weights), so x86 CPUs without VNNI compute what VNNI CPUs do;
-    ``reduce_range`` (7-bit weights) does the same at a higher accuracy cost."""
-    model = _name_nodes(load_onnx(src))
+    ``reduce_range`` (7-bit weights) does the same at a higher accuracy cost. ``forms``
+    (forms.FORMS names) are applied to the FP32 graph first, so the graph quantized is the
+    one ONNX Runtime's CPU target runs (calibration then measures its tensors)."""
+    model = load_onnx(src)
+    applied = apply_forms(model, forms) if forms else {}
+    model = _name_nodes(model)
     excluded = gate_paths(model) if float_gates else []
     q = static_qdq(model, None, calib, method, precision=PRECISION, activation_type="uint8",
                    op_types=None, exclude=excluded, extra_options={},
@@ -93,6 +98,7 @@ def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
         "dequantize_linear": ops.count("DequantizeLinear"),
         "quantized_op_types": quantized, "reduce_range": reduce_range,
         "float_nodes": excluded, "portable_int8": refit,
+        "forms": {k: v for k, v in applied.items() if v},
         "scheme": "QDQ for ONNX Runtime CPU: UINT8 asymmetric per-tensor activations, INT8 "
                   "symmetric per-channel weights, all ops with integer kernels (Conv, Add, "
                   "Mul, Concat, Gemm, ...) except gates and the paths to the ops they scale"

@@ -15,6 +15,12 @@ gets is chosen by timing them on that target's runtime (``choose_forms``).
   (Coordinate Attention's pool -> concat -> conv -> split -> permute round trip).
 * ``gate_product``: ``x * a * b`` with two broadcast gates (CA's ``x * a_w * a_h``) ->
   ``x * (a * b)``.
+* ``max_after_qdq``: ``ReduceMax -> QuantizeLinear -> DequantizeLinear`` (per-tensor) ->
+  ``QuantizeLinear -> DequantizeLinear -> ReduceMax``: the max of the quantized values is
+  the quantized max (rounding and clipping are monotone), so it is exact to the bit. Not a
+  speed form: OpenVINO 2026.4's CPU plugin computes the first order wrongly (CBAM's
+  channel max, quantized, came out rounded to whole units: unet_cbam cosine 0.986, and
+  0.96 on the digits), and the second as ONNX Runtime does.
 
 Each is the same function up to float rounding; the export checks every target file
 against PyTorch.
@@ -263,7 +269,48 @@ def gate_product(g: Graph) -> int:
     return len(swaps)
 
 
+def _max_before_qdq(g: Graph) -> tuple[onnx.NodeProto, ...] | None:
+    """The first ReduceMax read by one per-tensor Q alone, read by one DQ alone."""
+    for reduce in g.graph.node:
+        if reduce.op_type != "ReduceMax" or reduce.output[0] in g.outputs:
+            continue
+        users = g.consumers.get(reduce.output[0], [])
+        q = users[0] if len(users) == 1 else None
+        if q is None or q.op_type != "QuantizeLinear" or q.output[0] in g.outputs:
+            continue
+        scale, dqs = g.const(q.input[1]), g.consumers.get(q.output[0], [])
+        if scale is not None and scale.size == 1 and len(dqs) == 1 \
+                and dqs[0].op_type == "DequantizeLinear":
+            return reduce, q, dqs[0]
+    return None
+
+
+def max_after_qdq(g: Graph) -> int:
+    count = 0
+    while (site := _max_before_qdq(g)) is not None:
+        reduce, q, dq = site
+        quantized = _unique_name(g, reduce.input[0] + "_quantized")
+        rounded = _unique_name(g, reduce.input[0] + "_rounded")
+        q.input[0], q.output[0] = reduce.input[0], quantized
+        dq.input[0], reduce.output[0], dq.output[0] = quantized, dq.output[0], rounded
+        reduce.input[0] = rounded
+        nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in g.graph.node]
+        pair = [n for n in nodes if n.output[0] in (quantized, rounded)]
+        order = [n for n in nodes if n.output[0] not in (quantized, rounded)]
+        index = next(i for i, n in enumerate(order) if n.input and n.input[0] == rounded)
+        del g.graph.node[:]
+        g.graph.node.extend(order[:index] + pair + order[index:])
+        g.reindex()
+        count += 1
+    if count:
+        _infer(g)
+    return count
+
+
 FORMS = (
+    GraphPass("max_after_qdq", max_after_qdq, True,
+              "ReduceMax -> Q -> DQ (per-tensor) -> Q -> DQ -> ReduceMax, exact to the bit "
+              "(OpenVINO's CPU plugin miscomputes the first order)"),
     GraphPass("axis_pool", axis_pool, True,
               "one-axis ReduceMean/ReduceMax over H or W at the exported size -> "
               "AveragePool/MaxPool"),
