@@ -17,7 +17,7 @@ import numpy as np
 
 import deploy_attn
 from deploy_attn import export
-from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table,
+from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table, paired,
                                         interleaved_times, torch_threads)
 from deploy_attn.errors import DeployAttnError
 from deploy_attn.pipeline.calib import calibration_data
@@ -204,16 +204,6 @@ def timed(fns: Mapping[str, Callable[[], Any]], args: argparse.Namespace
     with torch_threads(args.threads):
         times = interleaved_times(fns, args.runs, args.warmup)
     return {k: statistics.median(v) for k, v in times.items()}, times
-
-
-def paired(times: Mapping[str, list[float]], a: str, b: str) -> float:
-    """Median over rounds of (a's median / b's median) in that round: > 1, b is faster. A
-    neighbour's load on a shared machine moves both peers of a round alike, so this ratio
-    holds still where the medians of a whole run drift apart."""
-    def rounds(k):
-        return [statistics.median(times[k][i:i + BLOCK]) for i in range(0, len(times[k]), BLOCK)]
-
-    return statistics.median(x / y for x, y in zip(rounds(a), rounds(b)))
 
 
 def header(title: str, args: argparse.Namespace) -> None:

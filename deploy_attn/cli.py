@@ -76,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                             ("calib_method", args.calib_method)) if v is not None},
                        exclude=tuple(args.exclude), sensitivity=args.sensitivity,
                        fp16_threshold=args.fp16_threshold, formats=tuple(args.format),
-                       target_cpu=args.target_cpu)
+                       target_cpu=args.target_cpu, target_forms=args.target_forms)
     card = load_source(args.model, _source_options(args))
     print(f"deploy-attn export {card.label()} -> {cfg.directory(card)}", file=sys.stderr)
     if card.weights:
@@ -441,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: every x86 and ARM CPU; INT8 weights that cannot saturate "
                          "on x86 without VNNI) or vnni (full 8-bit weights, exact only with "
                          "VNNI/AMX or on ARM; the report predicts what other CPUs do)")
+    ex.add_argument("--target-forms", choices=("fixed", "measure"), default="fixed",
+                    help="the graph forms of the CPU targets (and int8-cpu): fixed (default: "
+                         "the ones chosen on x86 by benchmarks/forms.py) or measure (each "
+                         "timed on this machine, on the target's own runtime, and kept where "
+                         "it is faster; for an export made on the device itself, e.g. ARM)")
     ex.add_argument("--fp16-threshold", type=_positive_float, default=AUTOCAST_MAX,
                     help="keep a node FP32 when its activations exceed this "
                          f"(default {AUTOCAST_MAX:g}, AutoCast's)")

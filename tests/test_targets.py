@@ -233,3 +233,43 @@ def test_write_ort_refuses_a_file_it_cannot_convert(tmp_path):
     with pytest.raises(ArtifactError, match="invalid ONNX model.*NoSuchOp"):
         targets.write_target("ort", bad)  # refused on reading, before its graph forms
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_target_forms_measured_here_decide_each_targets_graph(tmp_path, monkeypatch):
+    """--target-forms measure: each speed form that changes the graph is timed on the
+    target's runtime against the graph without it and kept where it is HELPS faster; the
+    required forms stay whatever the timing. The timings are replaced (axis_pool 1.5x
+    faster, every other form 2 % slower) so the choice is known; the files must follow it."""
+    from deploy_attn.pipeline import measure_forms
+
+    timed = []
+
+    def times(runners, runs, warmup):
+        timed.append(sorted(runners))
+        return {k: [1.0 / 1.5 if k == "axis_pool" else 1.0 if k == measure_forms.BASE
+                    else 1.02] * runs for k in runners}
+
+    monkeypatch.setattr(measure_forms, "interleaved_times", times)
+    result = export("ca", out_dir=tmp_path, precisions=("int8-cpu",), calib_count=8,
+                    formats=FORMATS, target_forms="measure")
+    report, directory = result.report, result.directory
+    assert report["status"] == "ok", report["status"]
+    for fmt in FORMATS:
+        measured = report["target_forms"][fmt]
+        required = list(targets.REQUIRED_FORMS[fmt])
+        assert measured["forms"] == required + ["axis_pool"], (fmt, measured)
+        assert measured["speedup"]["axis_pool"] == 1.5 and set(measured["speedup"]) & \
+            set(required) == set(), measured
+        for precision, entry in report["targets"][fmt].items():
+            assert set(entry["forms"]) - {targets.PORTABLE_FORM} <= set(measured["forms"])
+            if precision != "int8-cpu":  # that one was quantized in its forms already
+                assert entry["forms"]["axis_pool"] == 2, (fmt, entry["forms"])
+    assert ["axis_pool", "gate_product", "unsplit", measure_forms.BASE] in timed  # onnx-cpu's
+    cpu = op_counts(onnx.load(str(directory / "model.cpu.onnx")))
+    assert cpu["AveragePool"] == 2 and {"Concat", "Split"} <= set(cpu), cpu  # unsplit dropped
+    int8_cpu = op_counts(onnx.load(str(directory / "model.int8-cpu.onnx")))
+    assert "Concat" in int8_cpu and "ReduceMean" not in int8_cpu, int8_cpu  # onnx-cpu's forms
+    if "openvino" in FORMATS:  # unsplit is required there: CA's Concats gone
+        assert report["targets"]["openvino"]["fp32"]["forms"]["unsplit"] > 0
+    with pytest.raises(ConfigError, match="--target-forms does nothing without"):
+        export("ca", out_dir=tmp_path / "none", target_forms="measure")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,16 @@ def ort_options(threads: int) -> dict:
             "inter_op_num_threads": opts.inter_op_num_threads,
             "execution_mode": opts.execution_mode.name,
             "allow_spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
+
+
+def paired(times: Mapping[str, list[float]], a: str, b: str, block: int = BLOCK) -> float:
+    """Median over rounds of (a's median / b's median) in that round: > 1, b is faster. A
+    neighbour's load on a shared machine moves both peers of a round alike, so this ratio
+    holds still where the medians of a whole run drift apart."""
+    def rounds(k):
+        return [statistics.median(times[k][i:i + block]) for i in range(0, len(times[k]), block)]
+
+    return statistics.median(x / y for x, y in zip(rounds(a), rounds(b)))
 
 
 def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:

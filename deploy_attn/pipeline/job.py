@@ -68,6 +68,7 @@ class ExportConfig:
     verify_count: int = 8
     formats: tuple[str, ...] = ()  # CPU targets beside the ONNX files: openvino, ort
     target_cpu: str = "portable"  # the CPU the CPU targets and int8-cpu are for (TARGET_CPUS)
+    target_forms: str = "fixed"  # the CPU targets' graph forms: TARGET_FORMS, or measured here
     # False only for a diagnosis in a scratch folder (``deploy-attn maps`` on a model not
     # exported yet): a precision that misses its threshold is kept and recorded, not raised
     strict: bool = True
@@ -97,7 +98,7 @@ class ExportConfig:
                 raise ConfigError(f"{flag} does nothing without --precision int8")
         if self.calib_dir is not None and not stages:
             raise ConfigError("--calib-dir does nothing without --precision fp16 or int8")
-        from .targets import FORMATS, TARGET_CPUS
+        from .targets import FORMATS, TARGET_CPUS, TARGET_FORM_CHOICES
 
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
@@ -105,6 +106,12 @@ class ExportConfig:
         if self.target_cpu not in TARGET_CPUS:
             raise ConfigError(f"target CPU '{self.target_cpu}': choose from "
                               f"{', '.join(TARGET_CPUS)}")
+        if self.target_forms not in TARGET_FORM_CHOICES:
+            raise ConfigError(f"target forms '{self.target_forms}': choose from "
+                              f"{', '.join(TARGET_FORM_CHOICES)}")
+        if self.target_forms != "fixed" and not self.formats and "int8-cpu" not in stages:
+            raise ConfigError("--target-forms does nothing without --format or "
+                              "--precision int8-cpu")
 
     def directory(self, card: ModelCard) -> Path:
         return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
@@ -251,6 +258,8 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
                           f"{max(r.max_abs for r in results):.3g}, max rel "
                           f"{max(r.max_rel for r in results):.3g})")
     report["trt_check"] = {"fp32": _trt_check(final)}
+    if cfg.target_forms == "measure":
+        report["target_forms"] = _measured_forms(cfg, final, shape, progress)
     missed = []
     for precision in stages:
         failure = _precision_stage(cfg, card, checks, precision, stage, report, progress)
@@ -270,6 +279,28 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
     if card.source["kind"] == "object":
         files.append(REFERENCE_STATE)
     publish(stage, out, files, REPORT_FILE, lambda name: bool(OWNED.match(name)))
+
+
+def _measured_forms(cfg: ExportConfig, fp32: Path, shape: tuple[int, ...],
+                    progress: Progress) -> dict:
+    """Each CPU target's forms timed on this machine (measure_forms), int8-cpu's graph
+    (onnx-cpu's) among them."""
+    from .measure_forms import measure_forms
+
+    formats = list(cfg.formats)
+    if "int8-cpu" in cfg.precisions and "onnx-cpu" not in formats:
+        formats.append("onnx-cpu")
+    measured = {fmt: measure_forms(fmt, fp32, shape, progress=progress) for fmt in formats}
+    for fmt, m in measured.items():
+        times = ", ".join(f"{f} {r:.2f}x" for f, r in m["speedup"].items()) or "no form applies"
+        progress(f"{fmt}: forms measured here: {times} -> {', '.join(m['forms']) or 'none'}")
+    return measured
+
+
+def _forms(report: dict, fmt: str) -> tuple[str, ...] | None:
+    """The forms measured for ``fmt`` in this run, or None (TARGET_FORMS)."""
+    measured = report.get("target_forms", {}).get(fmt)
+    return tuple(measured["forms"]) if measured else None
 
 
 def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage: Path,
@@ -292,7 +323,8 @@ def _targets(cfg: ExportConfig, card: ModelCard, checks: "_Checks | None", stage
     for fmt in cfg.formats:
         for precision, name in report["files"].items():
             progress(f"{fmt}: {precision} ({name})")
-            files, forms, graph = write_target(fmt, stage / name, cfg.target_cpu)
+            files, forms, graph = write_target(fmt, stage / name, cfg.target_cpu,
+                                               _forms(report, fmt))
             tol = tolerances[precision]
             result = compare(run_target(fmt, stage / files[0], x), ref, tol,
                              classifier=card.classifier)
@@ -450,10 +482,15 @@ def _precision_stage(cfg: ExportConfig, card: ModelCard, checks: _Checks, precis
                                checks.tensor_ranges(src)).details
     elif precision == "int8-cpu":
         from .cpu_int8 import quantize_int8_cpu
+        from .targets import TARGET_FORMS
 
-        progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU")
+        progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU, "
+                 "in the CPU target's graph forms")
+        forms = _forms(report, "onnx-cpu")
         details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage,
-                                    portable=cfg.target_cpu == "portable").details
+                                    portable=cfg.target_cpu == "portable",
+                                    forms=TARGET_FORMS["onnx-cpu"] if forms is None
+                                    else forms).details
     elif precision == "int8-fp32":
         details = dict(_qdq_fp32(cfg, checks, stage, staged, progress)[1])
     else:  # int8: INT8 with an FP16 remainder, from the FP32-remainder graph

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from ..errors import ArtifactError, DeployAttnError, first_line
+from .forms import FORM_NAMES, apply_forms
 
 FORMATS = ("openvino", "ort", "onnx-cpu")
 ORT_OPERATORS = "required_operators.config"  # for ONNX Runtime's minimal (mobile) build
@@ -63,9 +64,18 @@ SUFFIXES = {"openvino": ".xml", "ort": ".ort", "onnx-cpu": ".cpu.onnx"}
 # runs GlobalAveragePool as its ReduceMean); gate_product helps ONNX Runtime, whose Mul is
 # one pass each, and not OpenVINO, which fuses x * a * b already. The ORT format runs
 # without ONNX Runtime's x86 NCHWc layouts, where no form helped: it keeps the graph.
-TARGET_FORMS = {"openvino": ("axis_pool", "unsplit"),
+# ``--target-forms measure`` times them on the exporting machine instead (measure_forms).
+# REQUIRED_FORMS are a target's for correctness, whatever they cost, and are never timed:
+# OpenVINO's CPU plugin miscomputes a quantized ReduceMax (forms.py, max_after_qdq) and runs
+# CA's quantized Concats in U8 at one scale (README, "OpenVINO's INT8 gap": unsplit).
+REQUIRED_FORMS = {"openvino": ("max_after_qdq", "unsplit"), "onnx-cpu": (), "ort": ()}
+TARGET_FORMS = {"openvino": REQUIRED_FORMS["openvino"] + ("axis_pool",),
                 "onnx-cpu": ("axis_pool", "unsplit", "gate_product"),
                 "ort": ()}
+SPEED_FORMS = {fmt: tuple(f for f in FORM_NAMES if f not in req and f != "max_after_qdq")
+               for fmt, req in REQUIRED_FORMS.items()}  # max_after_qdq: never a speed form
+TARGET_FORM_CHOICES = {"fixed": "TARGET_FORMS, chosen by benchmarks/forms.py on x86",
+                       "measure": "each speed form timed on this machine's target runtime"}
 
 
 # The CPU a target (and int8-cpu) is for. portable: INT8 weights within the pair bound
@@ -87,18 +97,18 @@ def forms_note(forms: dict[str, int] | None) -> str:
     return "graph forms: " + ", ".join(f"{k} ({v})" for k, v in forms.items())
 
 
-def target_graph(fmt: str, onnx_path: Path, cpu: str = "portable"
+def target_graph(fmt: str, onnx_path: Path, cpu: str = "portable",
+                 forms: tuple[str, ...] | None = None
                  ) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """The graph ``fmt``'s file is made from: ``onnx_path`` in the target's forms, with
-    portable INT8 weights when ``cpu`` is "portable", and the rewrites each form made (the
-    forms that made none left out)."""
-    from .forms import apply_forms
+    """The graph ``fmt``'s file is made from: ``onnx_path`` in ``forms`` (default: the
+    target's TARGET_FORMS), with portable INT8 weights when ``cpu`` is "portable", and the
+    rewrites each form made (the forms that made none left out)."""
     from .onnx_io import load_onnx
     from .saturation import portable_weights
 
     model = load_onnx(onnx_path)
     try:
-        counts = apply_forms(model, TARGET_FORMS[fmt])
+        counts = apply_forms(model, TARGET_FORMS[fmt] if forms is None else forms)
     except Exception as exc:  # a graph the forms' shape inference cannot read
         raise ArtifactError(f"{onnx_path}: no {fmt} graph form: {first_line(exc)}") from None
     if cpu == "portable":
@@ -106,12 +116,14 @@ def target_graph(fmt: str, onnx_path: Path, cpu: str = "portable"
     return model, {k: v for k, v in counts.items() if v}
 
 
-def write_target(fmt: str, onnx_path: Path, cpu: str = "portable"
+def write_target(fmt: str, onnx_path: Path, cpu: str = "portable",
+                 forms: tuple[str, ...] | None = None
                  ) -> tuple[list[str], dict[str, int], onnx.ModelProto]:
-    """The ``fmt`` form of an ONNX file, beside it, for ``cpu`` (TARGET_CPUS): the names of
-    the files written, the rewrites each form made and the graph the files hold."""
+    """The ``fmt`` form of an ONNX file, beside it, for ``cpu`` (TARGET_CPUS), in ``forms``
+    (target_graph): the names of the files written, the rewrites each form made and the
+    graph the files hold."""
     dst = onnx_path.with_suffix(SUFFIXES[fmt])
-    model, counts = target_graph(fmt, onnx_path, cpu)
+    model, counts = target_graph(fmt, onnx_path, cpu, forms)
     if fmt == "onnx-cpu":
         from .artifacts import atomic_path
 
@@ -203,6 +215,20 @@ def write_ir(onnx_path: Path, xml: Path) -> list[str]:
     return [xml.name, xml.with_suffix(".bin").name]
 
 
+def _replays(ort_file: Path) -> bool:
+    """Whether ONNX Runtime loads ``ort_file`` replaying its saved runtime optimisations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    try:
+        ort.InferenceSession(str(ort_file), so, providers=["CPUExecutionProvider"])
+    except Exception:  # ORT raises its own types; any failure to load is the answer
+        return False
+    return True
+
+
 def write_ort(onnx_path: Path, dst: Path) -> list[str]:
     """ONNX Runtime's ORT format of an ONNX file and the operator config of a minimal
     (mobile) build that runs it; the names of the files written.
@@ -212,7 +238,9 @@ def write_ort(onnx_path: Path, dst: Path) -> list[str]:
     NCHWc layout), with one difference: an FP16 Q/DQ graph converts without ORT's
     WeightBiasQuantization, which miscomputes it (parity.FP16_QDQ_DISABLED). The config
     lists the operators of the file with and without its saved optimisations, since a
-    device may apply either."""
+    device may apply either. Where ONNX Runtime cannot replay the optimisations it saved
+    (1.32, on a U8 Q/DQ graph with CA's Concat: "Not enough produced nodes in the runtime
+    optimization record"; a device would fail to load it), the file holds them applied."""
     import onnxruntime as ort
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
@@ -237,12 +265,15 @@ def write_ort(onnx_path: Path, dst: Path) -> list[str]:
                 first = first_line(exc)
                 raise ArtifactError(f"{onnx_path}: no ORT-format file: {first}") from None
         config = Path(tmp) / ORT_OPERATORS
-        logging.getLogger("ort_format_model").setLevel(logging.WARNING)
+        logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # its own level
         create_config_from_models(list(forms.values()), config, enable_type_reduction=False)
         lines = [line for line in config.read_text().splitlines()
                  if not line.startswith("# - ")]  # the temporary files' paths
-        lines.insert(1, f"# - {dst.name}, with and without its saved runtime optimisations")
+        replays = _replays(forms["save"])
+        lines.insert(1, f"# - {dst.name}, with and without its saved runtime optimisations"
+                     if replays else f"# - {dst.name}, its runtime optimisations applied "
+                     "(ONNX Runtime could not replay them saved)")
         config.write_text("\n".join(lines) + "\n")
-        forms["save"].replace(dst)
+        forms["save" if replays else "apply"].replace(dst)
         config.replace(operators)
     return [dst.name, operators.name]
