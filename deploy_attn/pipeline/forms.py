@@ -307,10 +307,58 @@ def max_after_qdq(g: Graph) -> int:
     return count
 
 
+def _concat_before_q(g: Graph) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """The first Concat read by one per-tensor QuantizeLinear alone (not a graph output)."""
+    for concat in g.graph.node:
+        if concat.op_type != "Concat" or concat.output[0] in g.outputs:
+            continue
+        users = g.consumers.get(concat.output[0], [])
+        q = users[0] if len(users) == 1 else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] != concat.output[0]:
+            continue
+        scale = g.const(q.input[1])
+        if scale is not None and scale.size == 1:
+            return concat, q
+    return None
+
+
+def quantized_concat(g: Graph) -> int:
+    """Concat -> Q becomes one Q per input (the same scale and zero point) -> Concat of
+    the integers: Q is elementwise, so every value is the same to the bit."""
+    count = 0
+    while (site := _concat_before_q(g)) is not None:
+        concat, q = site
+        qs = []
+        for i, name in enumerate(concat.input):
+            out = _unique_name(g, f"{name}_quantized")
+            qs.append(helper.make_node("QuantizeLinear", [name, *q.input[1:]], [out],
+                                       name=out, **_attrs(q)))
+            concat.input[i] = out
+        old = concat.output[0]
+        concat.output[0] = q.output[0]
+        nodes = list(g.graph.node)
+        at = nodes.index(concat)
+        kept = [n for n in nodes[:at] + qs + nodes[at:] if n is not q]
+        del g.graph.node[:]
+        g.graph.node.extend(kept)
+        kept_info = [v for v in g.graph.value_info if v.name not in (old, q.output[0])]
+        g.graph.ClearField("value_info")
+        g.graph.value_info.extend(kept_info)
+        g.reindex()
+        count += 1
+    if count:
+        _infer(g)
+    return count
+
+
 FORMS = (
     GraphPass("max_after_qdq", max_after_qdq, True,
               "ReduceMax -> Q -> DQ (per-tensor) -> Q -> DQ -> ReduceMax, exact to the bit "
               "(OpenVINO's CPU plugin miscomputes the first order)"),
+    GraphPass("quantized_concat", quantized_concat, True,
+              "Concat -> Q (per-tensor) -> one Q per input -> Concat of the integers, "
+              "exact to the bit (OpenVINO's CPU plugin miscomputes the first order "
+              "without AMX)"),
     GraphPass("axis_pool", axis_pool, True,
               "one-axis ReduceMean/ReduceMax over H or W at the exported size -> "
               "AveragePool/MaxPool"),

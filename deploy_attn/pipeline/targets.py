@@ -66,14 +66,16 @@ SUFFIXES = {"openvino": ".xml", "ort": ".ort", "onnx-cpu": ".cpu.onnx"}
 # without ONNX Runtime's x86 NCHWc layouts, where no form helped: it keeps the graph.
 # ``--target-forms measure`` times them on the exporting machine instead (measure_forms).
 # REQUIRED_FORMS are a target's for correctness, whatever they cost, and are never timed:
-# OpenVINO's CPU plugin miscomputes a quantized ReduceMax (forms.py, max_after_qdq) and runs
-# CA's quantized Concats in U8 at one scale (README, "OpenVINO's INT8 gap": unsplit).
-REQUIRED_FORMS = {"openvino": ("max_after_qdq", "unsplit"), "onnx-cpu": (), "ort": ()}
+# OpenVINO's CPU plugin miscomputes a quantized ReduceMax (forms.py, max_after_qdq), a
+# Concat -> Q without AMX (quantized_concat) and runs CA's quantized Concats in U8 at one
+# scale (README, "OpenVINO's INT8 gap": unsplit).
+CORRECTNESS_FORMS = ("max_after_qdq", "quantized_concat")  # for a runtime's bugs, never speed
+REQUIRED_FORMS = {"openvino": (*CORRECTNESS_FORMS, "unsplit"), "onnx-cpu": (), "ort": ()}
 TARGET_FORMS = {"openvino": REQUIRED_FORMS["openvino"] + ("axis_pool",),
                 "onnx-cpu": ("axis_pool", "unsplit", "gate_product"),
                 "ort": ()}
-SPEED_FORMS = {fmt: tuple(f for f in FORM_NAMES if f not in req and f != "max_after_qdq")
-               for fmt, req in REQUIRED_FORMS.items()}  # max_after_qdq: never a speed form
+SPEED_FORMS = {fmt: tuple(f for f in FORM_NAMES if f not in (*req, *CORRECTNESS_FORMS))
+               for fmt, req in REQUIRED_FORMS.items()}
 TARGET_FORM_CHOICES = {"fixed": "TARGET_FORMS, chosen by benchmarks/forms.py on x86",
                        "measure": "each speed form timed on this machine's target runtime"}
 
