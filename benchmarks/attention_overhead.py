@@ -11,9 +11,9 @@ import time
 from common import exported, footer, header, measure, parser, print_table, work_dir
 
 import deploy_attn
-from deploy_attn.pipeline.bench import ort_runner
-from deploy_attn.pipeline.parity import seeded_inputs
+from deploy_attn.core.numerics import seeded_inputs
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.ort import ort_runner
 from deploy_attn.zoo import zoo_rows
 
 BASE = "mobilenetv2"

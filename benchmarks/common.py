@@ -17,15 +17,17 @@ import numpy as np
 
 import deploy_attn
 from deploy_attn import export
-from deploy_attn.pipeline.bench import (BLOCK, SETTLE_S, environment, format_table, paired,
-                                        interleaved_times, torch_threads)
-from deploy_attn.errors import DeployAttnError
-from deploy_attn.pipeline.calib import calibration_data
-from deploy_attn.pipeline.export import DEFAULT_OPSET, export_onnx
-from deploy_attn.pipeline.parity import INT8, compare, ort_outputs, ort_session, seeded_inputs
-from deploy_attn.pipeline.progress import to_stderr as log
-from deploy_attn.pipeline.simplify import simplify_onnx
+from deploy_attn.core.console import format_table, to_stderr as log
+from deploy_attn.core.errors import DeployAttnError
+from deploy_attn.core.numerics import INT8, compare, seeded_inputs
+from deploy_attn.graph.export import DEFAULT_OPSET, export_onnx
+from deploy_attn.graph.simplify import simplify_onnx
+from deploy_attn.precision.calib import calibration_data
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.backends import environment
+from deploy_attn.runtime.ort import ort_outputs, ort_session
+from deploy_attn.runtime.pytorch import torch_threads
+from deploy_attn.runtime.timing import BLOCK, SETTLE_S, interleaved_times, paired
 
 REPO = Path(__file__).resolve().parents[1]
 CALIB_COUNT = 32
@@ -94,8 +96,8 @@ def plain_export(name: str, work: Path) -> tuple[Path | None, str]:
 def quantized(name: str, work: Path) -> dict[str, tuple[Path, float]]:
     """Both INT8 forms of ``name`` with their cosine to PyTorch on 8 seeded inputs:
     {'int8': TensorRT-form Q/DQ, 'int8-cpu': the ONNX Runtime CPU form}."""
-    from deploy_attn.pipeline.cpu_int8 import quantize_int8_cpu
-    from deploy_attn.pipeline.precision import quantize_int8
+    from deploy_attn.precision.cpu_int8 import quantize_int8_cpu
+    from deploy_attn.precision.int8 import quantize_int8
 
     src = exported(name, work)
     spec = get_spec(name)
@@ -129,7 +131,7 @@ def profiles(paths: Mapping[str, Path], x: np.ndarray, threads: int, runs: int,
     import json
     from collections import Counter
 
-    from deploy_attn.pipeline.targets import ov_config, require_openvino
+    from deploy_attn.runtime.openvino import ov_config, require_openvino
 
     totals: dict[tuple[str, str], Counter] = {(r, k): Counter() for r in runtimes
                                               for k in paths}
@@ -188,7 +190,7 @@ def profile_table(title: str, prof: Mapping[str, Mapping[str, float]]) -> None:
 
 
 def reference_outputs(name: str, x: np.ndarray) -> np.ndarray:
-    from deploy_attn.pipeline.parity import torch_outputs
+    from deploy_attn.runtime.pytorch import torch_outputs
 
     return torch_outputs(deploy_attn.create_model(name), x)
 

@@ -1,6 +1,6 @@
 """PyTorch eager (the user's starting point) vs ONNX Runtime FP32 of our exported graph vs
 ONNX Runtime INT8, both forms: the TensorRT-valid Q/DQ (``int8``) and the CPU-tuned one
-(``int8-cpu``, deploy_attn/pipeline/cpu_int8.py). Batch 1, 224x224, 2 threads.
+(``int8-cpu``, deploy_attn/precision/cpu_int8.py). Batch 1, 224x224, 2 threads.
 
     python3 benchmarks/eager_vs_ort.py [--runs 40] [--threads 2]
 """
@@ -11,9 +11,10 @@ import time
 from common import exported, header, footer, measure, parser, print_table, quantized, work_dir
 
 import deploy_attn
-from deploy_attn.pipeline.bench import ort_runner, torch_runner
-from deploy_attn.pipeline.parity import seeded_inputs
+from deploy_attn.core.numerics import seeded_inputs
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.pytorch import torch_runner
 
 MODELS = ("mobilenetv2", "mobilenetv2_ca", "resnet18_cbam", "resnet50_se")
 TARGET_ORT_VS_EAGER = 2.5  # on mobilenetv2_ca, issue 6

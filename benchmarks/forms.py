@@ -1,4 +1,4 @@
-"""What each CPU graph form (``deploy_attn.pipeline.forms``) is worth on each CPU runtime:
+"""What each CPU graph form (``deploy_attn.graph.cpu_forms``) is worth on each CPU runtime:
 our FP32 deploy graph (the TensorRT form) against the same graph with each form alone,
 with all of them, and with all but one, on OpenVINO and on ONNX Runtime, timed interleaved
 in one run, and on ONNX Runtime on the ORT-format conversion (the ``ort`` target, which runs
@@ -27,12 +27,14 @@ from common import (NOT_SLOWER, REPO, exported, footer, header, log, paired, par
                     print_table, profile_table, profiles, work_dir)
 
 import deploy_attn
-from deploy_attn.pipeline.bench import interleaved_times, ort_runner
-from deploy_attn.pipeline.forms import FORM_NAMES, apply_forms
-from deploy_attn.pipeline.parity import check_onnx, seeded_inputs
-from deploy_attn.pipeline.targets import (TARGET_FORMS, openvino_missing, ov_compile,
-                                          ov_runner, write_ort)
+from deploy_attn.checks.parity import check_onnx
+from deploy_attn.core.numerics import seeded_inputs
+from deploy_attn.graph.cpu_forms import FORM_NAMES, apply_forms
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.openvino import openvino_missing, ov_compile, ov_runner
+from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.timing import interleaved_times
+from deploy_attn.targets.cpu import TARGET_FORMS, write_ort
 
 sys.path.insert(0, str(REPO))
 from tests.foreign_models import OfficialMBV2CA, randomize  # noqa: E402

@@ -19,12 +19,13 @@ import onnx
 from common import REPO, footer, header, log, measure, parser, print_table, work_dir
 
 import deploy_attn
-from deploy_attn.graph_rewrite import PASSES, apply_passes
-from deploy_attn.pipeline.bench import ort_runner
-from deploy_attn.pipeline.export import export_onnx
-from deploy_attn.pipeline.parity import check_onnx, seeded_inputs
-from deploy_attn.pipeline.simplify import simplify_onnx
+from deploy_attn.checks.parity import check_onnx
+from deploy_attn.core.numerics import seeded_inputs
+from deploy_attn.graph.export import export_onnx
+from deploy_attn.graph.passes import PASSES, apply_passes
+from deploy_attn.graph.simplify import simplify_onnx
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.ort import ort_runner
 
 sys.path.insert(0, str(REPO))
 from tests.foreign_models import OfficialMBV2CA, randomize  # noqa: E402

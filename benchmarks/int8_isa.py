@@ -26,11 +26,12 @@ from pathlib import Path
 from common import (cpu_targets, paired, parser, print_table, quantized, reference_outputs,
                     timed, work_dir)
 
-from deploy_attn.pipeline.isa import ISA_LIMITS, isa_line
-from deploy_attn.pipeline.parity import INT8, compare, seeded_inputs
-from deploy_attn.pipeline.progress import to_stderr as log
-from deploy_attn.pipeline.targets import ov_compile, ov_outputs, ov_runner, write_target
+from deploy_attn.core.console import to_stderr as log
+from deploy_attn.core.cpu import ISA_LIMITS, isa_line
+from deploy_attn.core.numerics import INT8, compare, seeded_inputs
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.openvino import ov_compile, ov_outputs, ov_runner
+from deploy_attn.targets.cpu import write_target
 
 MODELS = ("mobilenetv2_ca", "resnet18_cbam")
 ISAS = {"native": {}, "avx2": {k: "AVX2" for k in ISA_LIMITS}}

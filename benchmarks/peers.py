@@ -21,12 +21,13 @@ from common import (NOT_SLOWER, cpu_targets, exported, footer, header, paired, p
                     work_dir)
 
 import deploy_attn
-from deploy_attn.pipeline.bench import ort_runner, torch_runner
-from deploy_attn.pipeline.onnx_io import op_counts
-from deploy_attn.pipeline.parity import INT8, compare, seeded_inputs, torch_outputs
-from deploy_attn.pipeline.targets import (openvino_missing, ov_compile, ov_outputs, ov_runner,
-                                          target_graph)
+from deploy_attn.core.numerics import INT8, compare, seeded_inputs
+from deploy_attn.core.onnx_io import op_counts
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.openvino import openvino_missing, ov_compile, ov_outputs, ov_runner
+from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.pytorch import torch_outputs, torch_runner
+from deploy_attn.targets.cpu import target_graph
 
 MODELS = ("mobilenetv2", "mobilenetv2_ca", "resnet18_cbam", "resnet50_se")
 PEERS = ("eager", "ort-trt", "ort", "ort-plain", "ov-trt", "ov", "ov-plain", "ort-int8-cpu",

@@ -19,10 +19,11 @@ from common import (NOT_SLOWER, exported, footer, header, measure, parser, plain
                     print_table, profile_table, profiles, work_dir)
 
 import deploy_attn
-from deploy_attn.pipeline.bench import ort_runner
-from deploy_attn.pipeline.onnx_io import op_counts
-from deploy_attn.pipeline.parity import FP32, check_onnx, seeded_inputs
+from deploy_attn.checks.parity import check_onnx
+from deploy_attn.core.numerics import FP32, seeded_inputs
+from deploy_attn.core.onnx_io import op_counts
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.ort import ort_runner
 
 
 

@@ -30,13 +30,16 @@ import torch
 from common import footer, header, log, parser, print_table, work_dir
 
 import deploy_attn
+from deploy_attn.commands.labelled import dataset_arrays, load_dataset
+from deploy_attn.core.numerics import compare
 from deploy_attn.datasets import TrainConfig, digits, train
-from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
-from deploy_attn.pipeline.calib import image_folder
-from deploy_attn.pipeline.parity import compare, ort_outputs, ort_session, torch_outputs
-from deploy_attn.pipeline.precision import (_name_nodes, fp16_remainder, quantize_int8,
-                                            quantized_nodes, tensor_ranges)
+from deploy_attn.precision.calib import image_folder
+from deploy_attn.precision.common import name_nodes, tensor_ranges
+from deploy_attn.precision.fp16 import fp16_remainder
+from deploy_attn.precision.int8 import quantize_int8, quantized_nodes
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.ort import ort_outputs, ort_session
+from deploy_attn.runtime.pytorch import torch_outputs
 from deploy_attn.sources import default_preprocess
 
 NAME, SIZE, CALIB, CLASSES, SEED = "mobilenetv2_ca", (32, 32), 128, 10, 0
@@ -135,7 +138,7 @@ def main() -> None:
     test, labels = dataset_arrays(load_dataset(sets["test"], "classifier", CLASSES), pre)
     card = deploy_attn.open_export(export).card()
     ref = torch_outputs(card.module, test)
-    ranges = tensor_ranges(_name_nodes(onnx.load(str(src))), calib.inputs)
+    ranges = tensor_ranges(name_nodes(onnx.load(str(src))), calib.inputs)
     header("deploy-attn vs ModelOpt INT8 (digits-trained mobilenetv2_ca, 1x32x32)", args)
     rows = [["PyTorch FP32", "-", "-", "-", "-", "-", "1.00000",
              f"{100 * float((ref.argmax(1) == labels).mean()):.2f}", "-", "-"]]

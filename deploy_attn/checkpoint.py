@@ -15,8 +15,8 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, first_line
-from .pipeline.artifacts import file_sha256
+from .core.errors import CheckpointError, first_line
+from .core.files import file_sha256
 
 StateDict = dict[str, torch.Tensor]
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
-from .pipeline.calib import Preprocess
+from .core.errors import ConfigError
+from .core.images import Preprocess
+from .models import reestimate_bn
 
 DIGITS_MAX = 16  # scikit-learn's digits are 8x8 with values 0..16
 STROKE = 0.5  # pixel value in [0, 1] above which a digit pixel is stroke (segmentation)
@@ -88,8 +89,6 @@ def train(model, inputs: np.ndarray, targets: np.ndarray, cfg: TrainConfig = Tra
     eval mode."""
     import torch
     import torch.nn.functional as F
-
-    from .models import reestimate_bn
 
     x, y = torch.from_numpy(inputs), torch.from_numpy(np.asarray(targets, np.int64))
     model.to(memory_format=torch.channels_last)  # ~30% faster on CPU; 1-channel x is both

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 from .registry import ModelSpec, get_spec
 
 

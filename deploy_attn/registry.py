@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import torch.nn as nn
 
-from .errors import UnknownModelError
+from .core.errors import UnknownModelError
 
 
 @dataclass(frozen=True)

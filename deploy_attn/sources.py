@@ -16,29 +16,28 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
-import difflib
-import importlib
 import importlib.util
 import inspect
 import io
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from .checkpoint import EMA_ENTRIES, LoadedCheckpoint, load_checkpoint
-from .errors import ArtifactError, ConfigError, DeployAttnError, first_line
-from .models import seeded
-from .pipeline.artifacts import file_sha256
-from .pipeline.calib import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .core.errors import ArtifactError, ConfigError, typed_first_line
+from .core.files import file_sha256
+from .core.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .models import build, create_model, seeded
+from .registry import get_spec
+from .user_code import HUBS, call_builder, hub_model, resolve_callable
 
 TASKS = ("classifier", "segmentation", "features")
 USER_CHANNELS, USER_INPUT_SIZE = 3, (224, 224)  # defaults for sources outside the registry
 REFERENCE_STATE = "reference.safetensors"  # an object source's weights, beside its export
-HUBS = {"timm": "timm", "torchvision": "torchvision"}
 
 
 @dataclass
@@ -137,120 +136,6 @@ def default_preprocess(kind: str, shape: Sequence[int],
                       per_channel(std, base[1], "std"))
 
 
-# --- building ------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line`` of a third-party exception (the type alone if it has no message)."""
-    first, kind = first_line(exc), type(exc).__name__
-    return kind if first == kind else f"{kind}: {first}"
-
-
-def _import_file(path: Path, digest: str):
-    """Import a user's ``.py`` file (whose sha256 is ``digest``) as a module (not as
-    ``__main__``: its ``if __name__ == '__main__'`` block does not run), once per content."""
-    name = f"deploy_attn_user.{path.stem}_{digest[:12]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look classes up here
-    folder = str(path.parent.resolve())
-    sys.path.insert(0, folder)  # so the file's own sibling imports work
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ConfigError(f"{path}: importing it failed: {_one_line(exc)}") from None
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(folder)
-    return module
-
-
-def _import_module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(f"{name}: cannot import it: {_one_line(exc)}") from None
-    except Exception as exc:
-        raise ConfigError(f"{name}: importing it failed: {_one_line(exc)}") from None
-
-
-def _attribute(module, attr: str, where: str) -> Callable[..., Any]:
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-            close = difflib.get_close_matches(attr, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else (
-                f"; it defines {', '.join(sorted(names)[:6])}" if names else "")
-            raise ConfigError(f"{where} has no '{attr}'{hint}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"{where}:{attr} is a {type(obj).__name__}, not a class or function")
-    return obj
-
-
-def resolve_callable(target: str) -> tuple[Callable[..., Any], dict]:
-    """``FILE.py:CALLABLE`` / ``package.module:CALLABLE`` -> the callable, and what the
-    record keeps about it (the file's path and hash, for files)."""
-    where, _, attr = target.rpartition(":")
-    if not where or not attr:
-        raise ConfigError(f"'{target}': expected FILE.py:CALLABLE or package.module:CALLABLE")
-    if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such Python file")
-        digest = file_sha256(path)
-        module = _import_file(path, digest)
-        return _attribute(module, attr, str(path)), {
-            "file": str(path.resolve()), "file_sha256": digest}
-    return _attribute(_import_module(where), attr, where), {"module": where}
-
-
-def _call(fn: Callable[..., Any], args: Mapping[str, Any], what: str) -> nn.Module:
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = fn(**args)
-    except DeployAttnError:
-        raise
-    except Exception as exc:
-        shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        raise ConfigError(f"{what}({shown}) failed: {_one_line(exc)}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{what} returned a {type(model).__name__}, not a torch nn.Module")
-    return model
-
-
-def _hub_model(hub: str, name: str, args: Mapping[str, Any]) -> tuple[nn.Module, str]:
-    """A timm / torchvision model with random weights (never a download)."""
-    try:
-        package = importlib.import_module(HUBS[hub])
-    except Exception as exc:
-        raise ConfigError(f"{hub}:{name} needs the {hub} package, which is not importable "
-                          f"here ({_one_line(exc)}): pip install {hub}") from None
-    for flag in ("pretrained", "weights"):
-        if args.get(flag):
-            raise ConfigError(f"{hub}:{name}: --model-arg {flag} would download weights; "
-                              "give a checkpoint file with --weights instead")
-    version = getattr(package, "__version__", "?")
-    if hub == "timm":
-        known = package.list_models()
-        build = lambda: package.create_model(name, pretrained=False, **args)  # noqa: E731
-    else:
-        from torchvision import models
-
-        known = models.list_models()
-        build = lambda: models.get_model(name, weights=None, **args)  # noqa: E731
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{hub} {version} has no model '{name}'{hint}")
-    return _call(lambda: build(), {}, f"{hub}:{name}"), version
-
-
 def _infer_task(module: nn.Module, shape: tuple[int, ...], what: str) -> str:
     """classifier for [N, K] outputs, segmentation for per-pixel [N, K, H, W] outputs at
     the input's size with K != C, features otherwise; the model must run on ``shape``."""
@@ -260,7 +145,7 @@ def _infer_task(module: nn.Module, shape: tuple[int, ...], what: str) -> str:
             y = module(x)
     except Exception as exc:
         raise ConfigError(f"{what} does not run on an input of shape {list(shape)} "
-                          f"({_one_line(exc)}); give --channels / --input-size") from None
+                          f"({typed_first_line(exc)}); give --channels / --input-size") from None
     if not isinstance(y, torch.Tensor):
         raise ConfigError(f"{what} returns a {type(y).__name__}; deploy-attn exports models "
                           "with one tensor output (wrap the model to return one)")
@@ -364,12 +249,12 @@ def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(
     check_input_fits(_shape(options.channels, options.input_size, USER_CHANNELS, USER_INPUT_SIZE))
     with seeded(options.seed):
         if kind in HUBS:
-            model, record["version"] = _hub_model(kind, source.partition(":")[2], args)
+            model, record["version"] = hub_model(kind, source.partition(":")[2], args)
             default = f"{kind}-{source.partition(':')[2]}"
         else:
             fn, where = resolve_callable(source)
             record.update(where)
-            model = _call(fn, args, source)
+            model = call_builder(fn, args, source)
             stem = Path(source.rpartition(":")[0]).stem if kind == "file" else \
                 source.rpartition(":")[0].rsplit(".", 1)[-1]
             default = f"{stem}.{source.rpartition(':')[2]}"
@@ -377,9 +262,6 @@ def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(
 
 
 def _registry_card(name: str, options: SourceOptions, display: str | None) -> ModelCard:
-    from .models import build, create_model
-    from .registry import get_spec
-
     spec = get_spec(name)
     check_input_fits(spec.input_shape(1, options.channels, options.input_size))
     if options.model_args:
@@ -450,7 +332,7 @@ def _object_card(model: nn.Module, options: SourceOptions, name: str | None) -> 
     try:
         reference = copy.deepcopy(model)
     except Exception as exc:
-        raise ConfigError(f"{type(model).__name__} cannot be copied ({_one_line(exc)}); "
+        raise ConfigError(f"{type(model).__name__} cannot be copied ({typed_first_line(exc)}); "
                           "deploy-attn never changes the caller's module in place") from None
     cls = type(model)
     target, problem = _class_target(cls)
@@ -544,12 +426,12 @@ def _rebuild_object(source: Mapping[str, Any], options: SourceOptions, directory
     _check_hash(state, source.get("state_sha256"), "the reference weights")
     fn, _ = resolve_callable(source["target"])
     with seeded(0):
-        model = _call(fn, source.get("args") or {}, source["target"])
+        model = call_builder(fn, source.get("args") or {}, source["target"])
     from safetensors.torch import load_model
 
     try:
         load_model(model, str(state), strict=True)
     except Exception as exc:
         raise ArtifactError(f"{state} does not load into {source['target']} any more: "
-                            f"{_one_line(exc)}") from None
+                            f"{typed_first_line(exc)}") from None
     return _finish(model.eval(), name, dict(source), options, "user", "")

@@ -17,9 +17,9 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import build
-from .pipeline.artifacts import write_json
+from .core.files import write_json
 from .registry import get_spec, list_models
-from .rewrite import patch_for_deploy
+from .swaps import patch_for_deploy
 
 
 def count_costs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:

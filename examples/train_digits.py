@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 import deploy_attn
+from deploy_attn.commands.labelled import dataset_arrays, load_dataset
 from deploy_attn.datasets import TrainConfig, digits, train
-from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
 from deploy_attn.sources import default_preprocess
 
 SIZE = (32, 32)

@@ -11,7 +11,7 @@ import torch
 
 import deploy_attn
 from deploy_attn import export
-from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+from deploy_attn.exportdir.transaction import STAGING_PREFIX
 
 ATTENTION_NAMES = deploy_attn.list_models(kind="attention")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -34,7 +34,7 @@ def snapshot(directory: Path, staging: bool = True) -> dict[str, bytes]:
 
 
 def _trt_missing() -> str | None:
-    from deploy_attn.pipeline.engine import TensorRTUnavailable, require_tensorrt
+    from deploy_attn.runtime.tensorrt import TensorRTUnavailable, require_tensorrt
 
     try:
         require_tensorrt("se")
@@ -107,7 +107,7 @@ def digits_checkpoint(digit_sets, tmp_path_factory):
     each trained once per session, whichever test asks first."""
     from deploy_attn.datasets import train
     from deploy_attn.models import create_model
-    from deploy_attn.pipeline.accuracy import dataset_arrays, load_dataset
+    from deploy_attn.commands.labelled import dataset_arrays, load_dataset
     from deploy_attn.sources import default_preprocess
 
     pre = default_preprocess("backbone", (1, 1, *DIGITS_SIZE))
@@ -139,6 +139,6 @@ def digits_checkpoint(digit_sets, tmp_path_factory):
 def pytest_report_header(config) -> str:
     """The CPU the session runs on: INT8 figures on the CPU targets' integer kernels are
     per-ISA expectations (tests/test_saturation.py)."""
-    from deploy_attn.pipeline.isa import isa_line
+    from deploy_attn.core.cpu import isa_line
 
     return isa_line()

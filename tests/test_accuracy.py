@@ -10,8 +10,10 @@ from PIL import Image
 
 import deploy_attn
 from deploy_attn import cli
-from deploy_attn.pipeline import accuracy
-from deploy_attn.pipeline.accuracy import ACCURACY_FILE, Dataset, Predictions, compare_forms
+from deploy_attn.commands import accuracy
+from deploy_attn.commands.accuracy import Predictions, compare_forms
+from deploy_attn.commands.labelled import Dataset
+from deploy_attn.exportdir.layout import ACCURACY_FILE
 
 SIZE = 16
 
@@ -181,7 +183,7 @@ def test_bad_datasets_are_one_line(exports, tmp_path, capfd, case):
 
 
 def test_cpu_target_files_are_scored_on_their_runtimes(tmp_path):
-    from deploy_attn.pipeline.targets import openvino_missing
+    from deploy_attn.runtime.openvino import openvino_missing
 
     formats = ("onnx-cpu", "ort") + (() if openvino_missing() else ("openvino",))
     cls = deploy_attn.export("tests.foreign_models:SmallNet", out_dir=tmp_path / "cls",

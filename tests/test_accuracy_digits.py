@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 from deploy_attn import cli, open_export
+from deploy_attn.commands.accuracy import evaluate
+from deploy_attn.commands.labelled import dataset_arrays, load_dataset
 from deploy_attn.datasets import TrainConfig
-from deploy_attn.pipeline.accuracy import ACCURACY_FILE, dataset_arrays, evaluate, load_dataset
-from deploy_attn.pipeline.bench import TARGET_PREFIXES
-from deploy_attn.pipeline.parity import torch_outputs
-from deploy_attn.pipeline.targets import openvino_missing
+from deploy_attn.exportdir.layout import ACCURACY_FILE
+from deploy_attn.runtime.backends import TARGET_PREFIXES
+from deploy_attn.runtime.openvino import openvino_missing
+from deploy_attn.runtime.pytorch import torch_outputs
 from deploy_attn.sources import default_preprocess
 
 from .conftest import DIGITS_SIZE, one_thread
@@ -208,7 +210,7 @@ def _exact(model, x):
     emulation: exact integer products, the same on every CPU)."""
     import onnxruntime as ort
 
-    from deploy_attn.pipeline.parity import ort_outputs
+    from deploy_attn.runtime.ort import ort_outputs
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -220,8 +222,8 @@ def _exact(model, x):
 def _own_graph_cosine(exported: Path, fmt: str, precision: str, x, ref) -> float:
     """The cosine of the graph a target file was made from (its forms and the portable
     weights), computed exactly: what the file must give on any CPU."""
-    from deploy_attn.pipeline.parity import compare
-    from deploy_attn.pipeline.targets import target_graph
+    from deploy_attn.core.numerics import compare
+    from deploy_attn.targets.cpu import target_graph
 
     model, _ = target_graph(fmt, exported / f"model.{precision}.onnx", "portable")
     return compare(_exact(model, x), ref).cosine
@@ -285,9 +287,9 @@ def test_digits_openvino_int8_computes_as_its_graph(case, exported):
     TensorRT-form Q/DQ graph at cosine 0.989 on the trained mobilenetv2_ca (refused at the
     0.99 threshold); the OpenVINO target's graph has no Concat there (``unsplit``), and its
     IR computes as that graph states, on any CPU (portable weights: no saturation)."""
-    from deploy_attn.pipeline.parity import compare
-    from deploy_attn.pipeline.saturation import portable_weights
-    from deploy_attn.pipeline.targets import ov_compile, ov_outputs
+    from deploy_attn.core.numerics import compare
+    from deploy_attn.precision.saturation import portable_weights
+    from deploy_attn.runtime.openvino import ov_compile, ov_outputs
 
     report = json.loads((exported / "report.json").read_text())
     exp = open_export(exported)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import deploy_attn
-from deploy_attn.errors import ConfigError
+from deploy_attn.core.errors import ConfigError
 from deploy_attn.registry import get_spec
 
 from .conftest import ATTENTION_NAMES

@@ -5,8 +5,8 @@ import torch
 
 import deploy_attn
 from deploy_attn.backbones import efficientnet, mobilenetv2, mobilenetv3, mobilenext, resnet, unet
+from deploy_attn.core.onnx_io import shape_ops
 from deploy_attn.models import build
-from deploy_attn.pipeline.onnx_io import shape_ops
 from deploy_attn.registry import get_spec
 from deploy_attn.zoo import count_costs
 

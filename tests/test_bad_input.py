@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 import deploy_attn
 from deploy_attn import cli
-from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+from deploy_attn.exportdir.transaction import STAGING_PREFIX
 
 from .conftest import ARTIFACT, snapshot
 
@@ -225,7 +225,7 @@ def test_fp32_reexport_drops_artifacts_it_does_not_list(tmp_path, capfd):
 
 
 def test_full_disk_is_one_line_and_changes_nothing(inputs, tmp_path, capfd, monkeypatch):
-    from deploy_attn.pipeline import simplify
+    from deploy_attn.graph import simplify
 
     out = tmp_path / "out"
     shutil.copytree(inputs["good"], out)
@@ -245,8 +245,8 @@ def test_full_disk_is_one_line_and_changes_nothing(inputs, tmp_path, capfd, monk
 
 def test_two_runs_into_one_directory(tmp_path):
     """A second run into a directory another run is writing fails at once, in one line."""
-    from deploy_attn.errors import ArtifactError
-    from deploy_attn.pipeline.artifacts import directory_lock, staging_dir
+    from deploy_attn.core.errors import ArtifactError
+    from deploy_attn.exportdir.transaction import directory_lock, staging_dir
 
     with directory_lock(tmp_path), staging_dir(tmp_path):
         with pytest.raises(ArtifactError, match=rf"another deploy-attn run \(pid {os.getpid()}\)"):

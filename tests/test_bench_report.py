@@ -12,19 +12,23 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from deploy_attn.errors import ConfigError
-from deploy_attn.pipeline.bench import (DEFAULT_BACKENDS, bench, interleaved_times, progress_bar,
-                                        latency_table)
-from deploy_attn.pipeline.calib import calibration_data
-from deploy_attn.pipeline.cpu_int8 import quantize_int8_cpu
-from deploy_attn.pipeline.engine import TensorRTUnavailable, require_tensorrt
 from deploy_attn import export
-from deploy_attn.pipeline.parity import (INT8, compare, ort_outputs, ort_session, seeded_inputs,
-                                         torch_outputs)
-from deploy_attn.pipeline.report import write_report
-from deploy_attn.pipeline.targets import TARGET_FORMS
+from deploy_attn.commands.bench import bench
+from deploy_attn.commands.latency import latency_table
+from deploy_attn.commands.report import write_report
+from deploy_attn.core.console import progress_bar
+from deploy_attn.core.errors import ConfigError
+from deploy_attn.core.numerics import INT8, compare, seeded_inputs
 from deploy_attn.models import create_model
+from deploy_attn.precision.calib import calibration_data
+from deploy_attn.precision.cpu_int8 import quantize_int8_cpu
 from deploy_attn.registry import get_spec
+from deploy_attn.runtime.backends import DEFAULT_BACKENDS
+from deploy_attn.runtime.ort import ort_outputs, ort_session
+from deploy_attn.runtime.pytorch import torch_outputs
+from deploy_attn.runtime.tensorrt import TensorRTUnavailable, require_tensorrt
+from deploy_attn.runtime.timing import interleaved_times
+from deploy_attn.targets.cpu import TARGET_FORMS
 
 from .conftest import TRT_MISSING
 
@@ -34,7 +38,7 @@ from .conftest import TRT_MISSING
 def exports(tmp_path_factory):
     """An export root with two modules at every precision, one of them benchmarked and
     its attention maps drawn."""
-    from deploy_attn.pipeline.maps import maps_job
+    from deploy_attn.commands.maps import maps_job
 
     root = tmp_path_factory.mktemp("export")
     for name in ("se", "eca"):

@@ -6,7 +6,7 @@ import torch
 import deploy_attn
 from deploy_attn import cli
 from deploy_attn.checkpoint import load_checkpoint
-from deploy_attn.errors import CheckpointError
+from deploy_attn.core.errors import CheckpointError
 from deploy_attn.models import build
 from deploy_attn.registry import get_spec
 

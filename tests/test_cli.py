@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from deploy_attn import cli, export
-from deploy_attn.errors import ParityError
-from deploy_attn.pipeline import job
-from deploy_attn.pipeline.artifacts import STAGING_PREFIX, atomic_path
-from deploy_attn.pipeline.parity import ParityResult
+from deploy_attn.core.errors import ParityError
+from deploy_attn.core.files import atomic_path
+from deploy_attn.core.numerics import ParityResult
+from deploy_attn.exportdir.transaction import STAGING_PREFIX
+from deploy_attn.jobs import export as job
 
 from .conftest import snapshot
 

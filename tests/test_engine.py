@@ -14,12 +14,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from deploy_attn.errors import ArtifactError, ConfigError, DeployAttnError
-from deploy_attn.pipeline import engine as eng
-from deploy_attn.pipeline.artifacts import write_json
-from deploy_attn.pipeline.engine import (EngineConfig, EngineMismatch, TensorRTUnavailable,
-                                         check_sidecar, environment_mismatches,
-                                         profile_shapes, require_tensorrt, trtexec_command)
+from deploy_attn.core.errors import ArtifactError, ConfigError, DeployAttnError
+from deploy_attn.core.files import file_sha256, write_json
+from deploy_attn.engine.build import build_engine
+from deploy_attn.engine.config import DEFAULT_BATCH_RANGE, PRECISIONS, TIMING_CACHE_FILE, \
+    EngineConfig, check_onnx_matches, engine_path_for, onnx_precision, profile_shapes, \
+    timing_cache_path, trtexec_command
+from deploy_attn.engine.sidecar import EngineMismatch, check_inputs, check_sidecar, \
+    current_environment, engine_outputs, environment_mismatches, read_sidecar, sidecar_path, \
+    tensorrt_series
+from deploy_attn.runtime.tensorrt import TensorRTUnavailable, require_tensorrt
 
 from .conftest import needs_trt
 
@@ -57,7 +61,7 @@ def test_static_forbids_a_different_batch(flag):
 
 
 def test_dynamic_profile_defaults_and_explicit_range():
-    assert dynamic().batch_range == eng.DEFAULT_BATCH_RANGE
+    assert dynamic().batch_range == DEFAULT_BATCH_RANGE
     cfg = dynamic(min_batch=2, opt_batch=8, max_batch=32)
     assert cfg.dynamic
     assert profile_shapes(cfg) == {"input": ((2, 3, 224, 224), (8, 3, 224, 224),
@@ -96,7 +100,7 @@ def test_trtexec_static(tmp_path):
     assert {"--onnx=m/model.onnx", f"--saveEngine={tmp_path / 'model.fp32.engine'}",
             "--stronglyTyped", "--memPoolSize=workspace:4096M", "--skipInference",
             "--noTF32", "--profilingVerbosity=detailed",
-            f"--timingCacheFile={tmp_path / eng.TIMING_CACHE_FILE}"} <= set(cmd)
+            f"--timingCacheFile={tmp_path / TIMING_CACHE_FILE}"} <= set(cmd)
     assert not any("Shapes=" in c for c in cmd)  # a static ONNX fixes its own shapes
 
 
@@ -118,14 +122,14 @@ def test_tensorrt_11_commands_and_caches_per_version(tmp_path):
     ten = trtexec_command("m.onnx", tmp_path / "e.engine", cfg, "10.16.1.11")
     eleven = trtexec_command("m.onnx", tmp_path / "e.engine", cfg, "11.2.1.2")
     assert "--stronglyTyped" in ten and "--stronglyTyped" not in eleven
-    caches = {eng.timing_cache_path(tmp_path / "e.engine", cfg, v) for v in ("10.16.1.11",
+    caches = {timing_cache_path(tmp_path / "e.engine", cfg, v) for v in ("10.16.1.11",
                                                                            "11.2.1.2")}
     assert {c.name for c in caches} == {"trt_timing-10.16.1.11.cache", "trt_timing-11.2.1.2.cache"}
     assert f"--timingCacheFile={tmp_path / 'trt_timing-11.2.1.2.cache'}" in eleven
-    assert eng.tensorrt_series("11.2.1.2") == 11 and eng.tensorrt_series(None) is None
+    assert tensorrt_series("11.2.1.2") == 11 and tensorrt_series(None) is None
 
 
-@pytest.mark.parametrize("precision", eng.PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_trtexec_never_sets_precision_flags(precision):
     cmd = trtexec_command("model.onnx", "e.engine", dynamic(precision=precision))
     assert "--stronglyTyped" in cmd
@@ -162,10 +166,10 @@ def _tiny_onnx(path, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind", eng.PRECISIONS)
+@pytest.mark.parametrize("kind", PRECISIONS)
 def test_onnx_precision_is_read_from_the_graph(tmp_path, kind):
     path = _tiny_onnx(tmp_path / f"{kind}.onnx", kind)
-    assert eng.onnx_precision(path) == kind
+    assert onnx_precision(path) == kind
     cfg = EngineConfig.from_onnx(path, kind, max_batch=8)
     assert cfg.dynamic and cfg.sample_shape == (3, 8, 8) and cfg.input_name == "input"
 
@@ -173,13 +177,13 @@ def test_onnx_precision_is_read_from_the_graph(tmp_path, kind):
 def test_precision_metadata_of_the_precision_stages_wins(tmp_path):
     """Tagged the way the FP16/INT8 stages tag their files (their own helper), the
     metadata decides over the graph."""
-    from deploy_attn.pipeline.precision import PRECISION_METADATA, _set_metadata
+    from deploy_attn.precision.common import PRECISION_METADATA, set_metadata
 
     path = _tiny_onnx(tmp_path / "tagged.onnx", "fp32")
     model = onnx.load(path)
-    _set_metadata(model, PRECISION_METADATA, "fp16")
+    set_metadata(model, PRECISION_METADATA, "fp16")
     onnx.save(model, path)
-    assert eng.onnx_precision(path) == "fp16"
+    assert onnx_precision(path) == "fp16"
 
 
 def test_precision_must_match_the_graph(tmp_path):
@@ -196,7 +200,7 @@ def test_from_exported_onnx(export_cache):
         EngineConfig.from_onnx(fixed, "fp32", max_batch=4)
     with pytest.raises(ConfigError, match="the input has a fixed batch of 1, the config "
                                           "expects a dynamic batch"):
-        eng.check_onnx_matches(EngineConfig("fp32", (64, 32, 32)), fixed)
+        check_onnx_matches(EngineConfig("fp32", (64, 32, 32)), fixed)
     dyn = EngineConfig.from_onnx(export_cache("se", dynamic_batch=True).model_path, "fp32",
                                  min_batch=1, opt_batch=2, max_batch=4)
     assert dyn.dynamic and dyn.batch_range == (1, 2, 4)
@@ -212,19 +216,19 @@ def test_missing_onnx_is_an_artifact_error(tmp_path):
 def _engine_with_sidecar(tmp_path, env=ENV, **extra):
     engine = tmp_path / "model.fp32.engine"
     engine.write_bytes(b"not really a plan, only bytes to hash")
-    write_json(eng.sidecar_path(engine), {"engine_sha256": eng.file_sha256(engine),
+    write_json(sidecar_path(engine), {"engine_sha256": file_sha256(engine),
                                           "environment": dict(env), **extra})
     return engine
 
 
 def test_sidecar_path_is_engine_dot_json(tmp_path):
-    assert eng.sidecar_path(tmp_path / "model.fp16.engine").name == "model.fp16.engine.json"
-    assert eng.engine_path_for(tmp_path, "int8") == tmp_path / "model.int8.engine"
+    assert sidecar_path(tmp_path / "model.fp16.engine").name == "model.fp16.engine.json"
+    assert engine_path_for(tmp_path, "int8") == tmp_path / "model.int8.engine"
 
 
 def test_same_environment_passes(tmp_path):
     engine = _engine_with_sidecar(tmp_path, precision="fp32")
-    assert check_sidecar(engine, dict(ENV)) == eng.read_sidecar(engine)
+    assert check_sidecar(engine, dict(ENV)) == read_sidecar(engine)
     assert environment_mismatches(ENV, dict(ENV)) == []
 
 
@@ -244,7 +248,7 @@ def test_other_environment_fails_naming_both_values(tmp_path, key, label, value)
 
 def test_missing_sidecar_fails(tmp_path):
     engine = _engine_with_sidecar(tmp_path)
-    eng.sidecar_path(engine).unlink()
+    sidecar_path(engine).unlink()
     with pytest.raises(ArtifactError, match="sidecar model.fp32.engine.json is missing"):
         check_sidecar(engine, ENV)
 
@@ -254,7 +258,7 @@ def test_missing_sidecar_fails(tmp_path):
                                   '"compute_capability": "9.0"}}'])
 def test_corrupt_sidecar_fails(tmp_path, text):
     engine = _engine_with_sidecar(tmp_path)
-    eng.sidecar_path(engine).write_text(text)
+    sidecar_path(engine).write_text(text)
     with pytest.raises(ArtifactError, match="corrupt engine sidecar") as info:
         check_sidecar(engine, ENV)
     assert "\n" not in str(info.value)
@@ -274,10 +278,10 @@ def test_missing_engine_fails(tmp_path):
 
 def test_inputs_outside_the_profile_are_refused():
     record = {"build": {"profile": {"input": [[1, 3, 8, 8], [2, 3, 8, 8], [4, 3, 8, 8]]}}}
-    assert eng._check_inputs(record, [np.zeros((4, 3, 8, 8), np.float32)]) == "input"
+    assert check_inputs(record, [np.zeros((4, 3, 8, 8), np.float32)]) == "input"
     for shape in [(8, 3, 8, 8), (1, 3, 9, 8), (3, 8, 8)]:
         with pytest.raises(ConfigError, match="outside the engine's profile"):
-            eng._check_inputs(record, [np.zeros(shape, np.float32)])
+            check_inputs(record, [np.zeros(shape, np.float32)])
 
 
 # --- TensorRT missing ---------------------------------------------------------------------
@@ -334,7 +338,7 @@ def test_current_environment_with_tensorrt_and_gpu(fake_tensorrt, monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (8, 6))
-    env = eng.current_environment()
+    env = current_environment()
     assert (env["gpu"], env["compute_capability"]) == ("GPU 1", "8.6")  # the current device
     assert env["tensorrt"] == fake_tensorrt.__version__
 
@@ -343,14 +347,14 @@ def test_build_and_run_refuse_cleanly_without_tensorrt(no_tensorrt, tmp_path):
     onnx_path = _tiny_onnx(tmp_path / "model.onnx", "fp32")
     engine = tmp_path / "model.fp32.engine"
     with pytest.raises(TensorRTUnavailable):
-        eng.build_engine(onnx_path, engine, EngineConfig.from_onnx(onnx_path, "fp32"))
-    assert not engine.exists() and not eng.sidecar_path(engine).exists()
+        build_engine(onnx_path, engine, EngineConfig.from_onnx(onnx_path, "fp32"))
+    assert not engine.exists() and not sidecar_path(engine).exists()
     with pytest.raises(TensorRTUnavailable):
-        eng.engine_outputs(_engine_with_sidecar(tmp_path), [np.zeros((1, 3, 8, 8), np.float32)])
+        engine_outputs(_engine_with_sidecar(tmp_path), [np.zeros((1, 3, 8, 8), np.float32)])
 
 
 def test_import_needs_no_tensorrt():
-    code = ("import sys, deploy_attn, deploy_attn.pipeline.engine; "
+    code = ("import sys, deploy_attn, deploy_attn.engine.build, deploy_attn.jobs.build; "
             "assert 'tensorrt' not in sys.modules and 'polygraphy.backend.trt' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -369,23 +373,24 @@ def se_reference():
 @needs_trt
 @pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic"])
 def test_engine_matches_torch(export_cache, se_reference, tmp_path, dynamic_batch):
-    from deploy_attn.pipeline.parity import TOLERANCES, compare, seeded_inputs, torch_outputs
+    from deploy_attn.core.numerics import TOLERANCES, compare, seeded_inputs
+    from deploy_attn.runtime.pytorch import torch_outputs
 
     exp = export_cache("se", dynamic_batch=dynamic_batch)
     options = {"min_batch": 1, "opt_batch": 2, "max_batch": 4} if dynamic_batch else {}
     cfg = EngineConfig.from_onnx(exp.model_path, "fp32", workspace_mib=1024, **options)
-    engine = eng.build_engine(exp.model_path, tmp_path / "model.fp32.engine", cfg)
+    engine = build_engine(exp.model_path, tmp_path / "model.fp32.engine", cfg)
 
-    record = check_sidecar(engine, eng.current_environment())
-    assert record["onnx_sha256"] == eng.file_sha256(exp.model_path)
+    record = check_sidecar(engine, current_environment())
+    assert record["onnx_sha256"] == file_sha256(exp.model_path)
     assert "--stronglyTyped" in record["trtexec"]
-    version = eng.current_environment()["tensorrt"]
-    assert eng.timing_cache_path(engine, cfg, version).is_file()
-    assert record["environment"]["tensorrt_series"] == eng.tensorrt_series(version)
+    version = current_environment()["tensorrt"]
+    assert timing_cache_path(engine, cfg, version).is_file()
+    assert record["environment"]["tensorrt_series"] == tensorrt_series(version)
 
     sample = tuple(exp.report["input_shape"][1:])
     xs = [seeded_inputs((b,) + sample) for b in ([1, 4] if dynamic_batch else [1])]
-    for x, y in zip(xs, eng.engine_outputs(engine, xs)):
+    for x, y in zip(xs, engine_outputs(engine, xs)):
         result = compare(y, torch_outputs(se_reference, x), TOLERANCES["fp32"])
         assert result.ok, result
 
@@ -393,14 +398,14 @@ def test_engine_matches_torch(export_cache, se_reference, tmp_path, dynamic_batc
 @needs_trt
 def test_engine_from_another_environment_is_refused(export_cache, tmp_path):
     exp = export_cache("se")
-    engine = eng.build_engine(exp.model_path, tmp_path / "model.fp32.engine",
+    engine = build_engine(exp.model_path, tmp_path / "model.fp32.engine",
                               EngineConfig.from_onnx(exp.model_path, "fp32"))
-    side = eng.sidecar_path(engine)
+    side = sidecar_path(engine)
     record = json.loads(side.read_text())
     record["environment"]["tensorrt"] = "9.3.0"
     side.write_text(json.dumps(record))
     with pytest.raises(EngineMismatch, match=r"TensorRT 9\.3\.0 \(built\)"):
-        eng.engine_outputs(engine, [np.zeros((1, 64, 32, 32), np.float32)])
-    side.write_text(json.dumps({**record, "environment": eng.current_environment()}))
+        engine_outputs(engine, [np.zeros((1, 64, 32, 32), np.float32)])
+    side.write_text(json.dumps({**record, "environment": current_environment()}))
     with pytest.raises(ConfigError, match="outside the engine's profile"):
-        eng.engine_outputs(engine, [np.zeros((2, 64, 32, 32), np.float32)])
+        engine_outputs(engine, [np.zeros((2, 64, 32, 32), np.float32)])

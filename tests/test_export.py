@@ -5,8 +5,8 @@ import torch
 
 import deploy_attn
 
-from deploy_attn.pipeline.job import verify_artifacts
-from deploy_attn.pipeline.onnx_io import input_shape, shape_ops
+from deploy_attn.core.onnx_io import input_shape, shape_ops
+from deploy_attn.jobs.verify import verify_artifacts
 
 from .conftest import ATTENTION_NAMES
 
@@ -65,7 +65,8 @@ class _Cancelling(torch.nn.Module):
 def test_fp32_tolerance_follows_the_references_own_rounding():
     """atol stays 1e-4 for a well-conditioned module and rises to 4x PyTorch's own FP32
     error (against FP64) where the function itself loses precision in FP32."""
-    from deploy_attn.pipeline.parity import FP32, fp32_tolerance, seeded_inputs
+    from deploy_attn.checks.parity import fp32_tolerance
+    from deploy_attn.core.numerics import FP32, seeded_inputs
 
     x = seeded_inputs((1, 64, 8, 8))
     tol, rounding = fp32_tolerance(deploy_attn.create_model("se"), x)

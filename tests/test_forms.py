@@ -1,4 +1,4 @@
-"""CPU graph forms (deploy_attn.pipeline.forms): each rewrite on the graph it is written
+"""CPU graph forms (deploy_attn.graph.cpu_forms): each rewrite on the graph it is written
 for computes what the graph computed (ONNX Runtime, same inputs), and near misses are
 left alone."""
 import numpy as np
@@ -9,12 +9,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy_attn.attention.coord import CoordAtt
-from deploy_attn.graph_rewrite import rewrite_onnx
-from deploy_attn.pipeline.export import export_onnx
-from deploy_attn.pipeline.forms import FORM_NAMES, apply_forms
-from deploy_attn.pipeline.onnx_io import op_counts
-from deploy_attn.pipeline.simplify import simplify_onnx
-from deploy_attn.rewrite import patch_for_deploy
+from deploy_attn.core.onnx_io import op_counts
+from deploy_attn.graph.cpu_forms import FORM_NAMES, apply_forms
+from deploy_attn.graph.export import export_onnx
+from deploy_attn.graph.passes import rewrite_onnx
+from deploy_attn.graph.simplify import simplify_onnx
+from deploy_attn.swaps import patch_for_deploy
 
 from .test_saturation import AVX2, X86, openvino_run
 
@@ -239,7 +239,7 @@ def test_max_after_qdq_is_exact_and_what_openvino_computes():
     assert [n.op_type for n in after.graph.node][:4] == \
         ["Relu", "QuantizeLinear", "DequantizeLinear", "ReduceMax"]
     np.testing.assert_array_equal(run(after, x), run(model, x))
-    from deploy_attn.pipeline.targets import openvino_missing
+    from deploy_attn.runtime.openvino import openvino_missing
     if openvino_missing():
         return  # the ONNX Runtime half above is the part that holds everywhere
     import openvino as ov
@@ -290,8 +290,8 @@ def test_quantized_concat_is_exact_and_what_openvino_computes(tmp_path):
         ["Relu", "Neg", "QuantizeLinear", "QuantizeLinear", "Concat"]
     exact = run(after, x)
     np.testing.assert_array_equal(exact, run(model, x))
-    from deploy_attn.pipeline.isa import cpu_isa
-    from deploy_attn.pipeline.targets import openvino_missing
+    from deploy_attn.core.cpu import cpu_isa
+    from deploy_attn.runtime.openvino import openvino_missing
     if openvino_missing() or not X86:
         return  # the ONNX Runtime half above is the part that holds everywhere
     paths = {"before": tmp_path / "before.onnx", "after": tmp_path / "after.onnx"}

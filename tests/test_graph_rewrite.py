@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_attn.graph_rewrite import apply_passes
-from deploy_attn.pipeline.onnx_io import shape_ops
+from deploy_attn.core.onnx_io import shape_ops
+from deploy_attn.graph.passes import apply_passes
 
 FLOAT = TensorProto.FLOAT
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import deploy_attn
-from deploy_attn.pipeline.artifacts import STAGING_PREFIX
+from deploy_attn.exportdir.transaction import STAGING_PREFIX
 
 from .conftest import ARTIFACT, snapshot
 

@@ -15,10 +15,12 @@ from onnx import numpy_helper
 
 import deploy_attn
 from deploy_attn import cli
-from deploy_attn.maps import capture, declared_maps
+from deploy_attn.checks.drift import drifting_site
+from deploy_attn.commands.maps import evaluate_maps, maps_job
+from deploy_attn.exportdir.layout import MAPS_FILE
+from deploy_attn.exportdir.reader import open_export
+from deploy_attn.map_capture import capture, declared_maps
 from deploy_attn.models import create_model
-from deploy_attn.pipeline.job import open_export
-from deploy_attn.pipeline.maps import MAPS_FILE, drifting_site, evaluate_maps, maps_job
 
 from .conftest import ATTENTION_NAMES, DIGITS_SIZE
 
@@ -178,22 +180,23 @@ def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
 def test_failed_int8_export_names_the_drifting_site(digits_export, tmp_path, monkeypatch):
     """The export job's own failure: the same bad scale, put in by the quantizer, and an
     INT8 threshold the artifact cannot meet; the one-line error names the site."""
-    import deploy_attn.pipeline.parity as parity
-    import deploy_attn.pipeline.precision as precision
-    from deploy_attn.errors import ParityError
+    from deploy_attn.core import numerics
+    from deploy_attn.jobs import stages
+    from deploy_attn.core.errors import ParityError
 
     directory, _, options = digits_export
     tensor = next(e["tensor"] for e in open_export(directory).report["attention_maps"]
                   if e["site"] == "features.9.conv.2" and e["map"] == "a_h")
-    real = precision.quantize_int8
+    real = stages.quantize_int8
 
     def bad_quantizer(src, dst, *args, **kwargs):
         artifact = real(src, dst, *args, **kwargs)
         _coarsen_site(Path(dst), Path(dst), tensor, 1 / 64)
         return artifact
 
-    monkeypatch.setattr(precision, "quantize_int8", bad_quantizer)
-    monkeypatch.setitem(parity.TOLERANCES, "int8-fp32", parity.Tolerance(min_cosine=0.99999))
+    monkeypatch.setattr(stages, "quantize_int8", bad_quantizer)
+    monkeypatch.setitem(numerics.TOLERANCES, "int8-fp32",
+                        numerics.Tolerance(min_cosine=0.99999))
     with pytest.raises(ParityError) as failed:
         deploy_attn.export("mobilenetv2_ca", out_dir=tmp_path / "out", **options)
     message = str(failed.value)
@@ -203,7 +206,7 @@ def test_failed_int8_export_names_the_drifting_site(digits_export, tmp_path, mon
 
 
 def test_report_shows_the_maps_section(digits_export, tmp_path):
-    from deploy_attn.pipeline.report import write_report
+    from deploy_attn.commands.report import write_report
 
     directory, test_images, _ = digits_export
     maps_job(directory, calib_dir=test_images, count=2)

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_attn.pipeline.calib import CalibData
-from deploy_attn.pipeline.placement import int8_placement
-from deploy_attn.pipeline.precision import quantize_int8
+from deploy_attn.precision.calib import CalibData
+from deploy_attn.precision.int8 import quantize_int8
+from deploy_attn.precision.placement import int8_placement
 
 FLOAT = TensorProto.FLOAT
 RNG = np.random.default_rng(0)

@@ -6,12 +6,12 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from deploy_attn import cli
-from deploy_attn.errors import ParityError
-from deploy_attn.pipeline.calib import image_folder, Preprocess
-from deploy_attn import export
-from deploy_attn.pipeline.job import verify_artifacts
-from deploy_attn.pipeline.parity import TOLERANCES, seeded_inputs
+from deploy_attn import cli, export
+from deploy_attn.core.errors import ParityError
+from deploy_attn.core.images import Preprocess
+from deploy_attn.core.numerics import TOLERANCES, seeded_inputs
+from deploy_attn.jobs.verify import verify_artifacts
+from deploy_attn.precision.calib import image_folder
 
 from .conftest import ATTENTION_NAMES
 
@@ -102,7 +102,7 @@ def test_verification_runtime_computes_each_op_as_stated(export_cache, tmp_path,
     to two FP16 rounding steps at the magnitude of its terms (sum of |w| |x| + |b|: the
     kernel rounds its partial result and the output): the op as the graph states it. The
     miscompute of the optimised session (a garbage bias) is many steps off."""
-    from deploy_attn.pipeline.parity import ort_session
+    from deploy_attn.runtime.ort import ort_session
 
     result = export_cache(name, **PRECISE)
     model = onnx.load(str(result.model_path.parent / "model.int8.onnx"))
@@ -143,7 +143,7 @@ def test_verification_runtime_computes_each_op_as_stated(export_cache, tmp_path,
 
 @pytest.mark.parametrize("name", ["cam", "danet"])
 def test_fp16_keeps_measured_attention_energies_in_fp32(export_cache, name):
-    """CAM's C x C energies exceed 512 on standard-normal inputs (TENSORRT.md)."""
+    """CAM's C x C energies exceed 512 on standard-normal inputs (docs/TENSORRT.md, section 4)."""
     kept = export_cache(name, **PRECISE).report["precisions"]["fp16"]["fp32_kept_nodes"]
     ops = {k["op_type"] for k in kept}
     assert {"MatMul", "Softmax"} <= ops, kept
@@ -207,10 +207,10 @@ def test_auto_exclude_stops_at_the_target(tmp_path):
     """``--exclude auto`` leaves the fewest most-sensitive nodes FP32 that meet the target:
     none when the quantized graph already does, the top one when only it reaches it."""
     from deploy_attn.models import create_model
-    from deploy_attn.pipeline.calib import calibration_data
-    from deploy_attn.pipeline.export import export_onnx
-    from deploy_attn.pipeline.precision import (auto_exclude, cosine_scorer, int8_sensitivity,
-                                                quantize_int8)
+    from deploy_attn.precision.calib import calibration_data
+    from deploy_attn.graph.export import export_onnx
+    from deploy_attn.precision.int8 import quantize_int8
+    from deploy_attn.precision.sensitivity import auto_exclude, cosine_scorer, int8_sensitivity
     from deploy_attn.registry import get_spec
 
     spec, model = get_spec("cpca"), create_model("cpca")
@@ -233,7 +233,7 @@ def test_entropy_threshold_clips_outliers_not_the_distribution():
     """KL calibration on histograms of |x|: a uniform distribution keeps its full range,
     ten far outliers on a million normal samples are clipped (to about 5 sigma, not 50),
     and ReLU's spike of zeros does not drag the threshold of its tail down."""
-    from deploy_attn.pipeline.precision import entropy_threshold
+    from deploy_attn.precision.int8 import entropy_threshold
 
     rng = np.random.default_rng(0)
     uniform = np.abs(rng.uniform(-1, 1, 200_000))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import deploy_attn
-from deploy_attn.errors import UnknownModelError
+from deploy_attn.core.errors import UnknownModelError
 from deploy_attn.registry import Registry, get_spec
 
 SEED_MODULES = ["se", "cbam", "channel_attention", "spatial_attention", "bam", "eca", "ca", "sk",

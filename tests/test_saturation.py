@@ -19,14 +19,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_attn.graph_rewrite import Graph
-from deploy_attn.pipeline.isa import cpu_isa, isa_line, openvino_limited
-from deploy_attn.pipeline.saturation import (PAIR_BOUND, _couples, _factors, _flattenings,
-                                             _refit, _rows, emulated_output,
-                                             integer_activations,
-                                             portable_weights, quantized_layers,
-                                             saturation_report)
-from deploy_attn.pipeline.targets import openvino_missing
+from deploy_attn.core.cpu import cpu_isa, isa_line, openvino_limited
+from deploy_attn.graph.view import Graph
+from deploy_attn.precision.saturation import PAIR_BOUND, _couples, _factors, _flattenings, \
+    _refit, _rows, emulated_output, integer_activations, portable_weights, quantized_layers, \
+    saturation_report
+from deploy_attn.runtime.openvino import openvino_missing
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
@@ -74,8 +72,8 @@ def layer_inputs(c: int, act: str, seed: int = 1) -> np.ndarray:
 def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
     """OpenVINO's output on ``x`` in a fresh process with ``env`` added."""
     np.save(path.with_suffix(".x.npy"), x)
-    code = ("import sys, numpy as np; from deploy_attn.pipeline.targets import ov_compile, "
-            "ov_outputs; p = sys.argv[1]; "
+    code = ("import sys, numpy as np; from deploy_attn.runtime.openvino import "
+            "ov_compile, ov_outputs; p = sys.argv[1]; "
             "np.save(p + '.y.npy', ov_outputs(ov_compile(p), np.load(p[:-5] + '.x.npy')))")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                           text=True, timeout=120, env={**os.environ, **env})

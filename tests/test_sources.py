@@ -20,9 +20,10 @@ import torch
 
 import deploy_attn
 from deploy_attn import cli
-from deploy_attn.errors import ConfigError
+from deploy_attn.core.errors import ConfigError
+from deploy_attn.core.numerics import compare, seeded_inputs
 from deploy_attn.models import recalibrate_bn
-from deploy_attn.pipeline.parity import compare, ort_outputs, ort_session, seeded_inputs
+from deploy_attn.runtime.ort import ort_outputs, ort_session
 from deploy_attn.sources import SourceOptions, load_source, parse_model_args
 
 from . import foreign_models as fm

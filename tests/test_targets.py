@@ -10,18 +10,24 @@ import onnxruntime as ort
 import pytest
 
 from deploy_attn import export
-from deploy_attn.errors import ArtifactError, ConfigError
-from deploy_attn.pipeline import targets
-from deploy_attn.pipeline.artifacts import STAGING_PREFIX
-from deploy_attn.pipeline.isa import cpu_isa
-from deploy_attn.pipeline.bench import bench
-from deploy_attn.pipeline.job import open_export, read_report, verify_artifacts
-from deploy_attn.pipeline.onnx_io import op_counts
-from deploy_attn.pipeline.parity import TOLERANCES, compare, torch_outputs
+from deploy_attn.commands.bench import bench
+from deploy_attn.core.cpu import cpu_isa
+from deploy_attn.core.errors import ArtifactError, ConfigError
+from deploy_attn.core.numerics import TOLERANCES, compare
+from deploy_attn.core.onnx_io import op_counts
+from deploy_attn.exportdir.reader import open_export, read_report
+from deploy_attn.exportdir.transaction import STAGING_PREFIX
+from deploy_attn.jobs import export as jobs_export, stages
+from deploy_attn.jobs.verify import verify_artifacts
+from deploy_attn.runtime import openvino
+from deploy_attn.runtime.backends import run_target
+from deploy_attn.runtime.openvino import OpenVINOUnavailable, openvino_missing
+from deploy_attn.runtime.pytorch import torch_outputs
+from deploy_attn.targets import cpu as targets
 
 from .test_cli import run_cli
 
-OV_MISSING = targets.openvino_missing()
+OV_MISSING = openvino_missing()
 needs_openvino = pytest.mark.skipif(OV_MISSING is not None, reason=OV_MISSING or "")
 FORMS = ("fp16", "int8-fp32", "int8")
 FORMATS = ("ort", "onnx-cpu") if OV_MISSING else ("openvino", "ort", "onnx-cpu")
@@ -45,7 +51,7 @@ def test_every_artifact_has_its_targets_and_they_match_pytorch(ca_targets):
         for precision, entry in report["targets"][fmt].items():
             assert entry["ok"] and all((directory / f).is_file() for f in entry["files"])
             # recomputed from the written file, not the job's figures
-            out = targets.run_target(fmt, directory / entry["files"][0], x)
+            out = run_target(fmt, directory / entry["files"][0], x)
             tol = TOLERANCES[precision] if precision != "fp32" else None
             r = compare(out, ref, tol or TOLERANCES["fp16"])
             assert r.ok, f"{fmt} {precision}: cosine {r.cosine:.8f}, max abs {r.max_abs:.3g}"
@@ -168,13 +174,13 @@ def test_bench_adds_a_missing_target_to_the_export(tmp_path):
 
 
 def test_a_target_outside_tolerance_is_recorded_and_not_written(tmp_path, monkeypatch, capsys):
-    run = targets.run_target
+    run = stages.run_target
 
     def wrong_fp16(fmt, path, x):  # an ORT-format file that computes something else
         out = run(fmt, path, x)
         return -out if path.name == "model.fp16.ort" else out
 
-    monkeypatch.setattr(targets, "run_target", wrong_fp16)
+    monkeypatch.setattr(stages, "run_target", wrong_fp16)
     code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path), "--precision", "fp16",
                            "--format", "ort")
     lines = err.strip().splitlines()
@@ -203,10 +209,12 @@ def test_unknown_format_and_missing_openvino_are_one_line_errors(tmp_path, monke
         export("se", out_dir=tmp_path, formats=("coreml",))
 
     def missing():
-        raise targets.OpenVINOUnavailable("OpenVINO is not installed (test): pip install "
-                                          "'deploy-attn[openvino]'")
+        raise OpenVINOUnavailable("OpenVINO is not installed (test): pip install "
+                                  "'deploy-attn[openvino]'")
 
-    monkeypatch.setattr(targets, "require_openvino", missing)
+    # OpenVINO missing for the whole process: the export's check and every later probe
+    monkeypatch.setattr(jobs_export, "require_openvino", missing)
+    monkeypatch.setattr(openvino, "require_openvino", missing)
     code, _, err = run_cli(capsys, "export", "se", "-o", str(tmp_path / "ov"), "--format",
                            "openvino")
     assert code == 1 and err.strip().endswith("pip install 'deploy-attn[openvino]'"), err
@@ -214,7 +222,7 @@ def test_unknown_format_and_missing_openvino_are_one_line_errors(tmp_path, monke
     export("se", out_dir=tmp_path / "plain")
     checked = verify_artifacts(tmp_path / "plain")
     assert checked["fp32"]["second"] == [{"file": "model.onnx", "runtime": "OpenVINO",
-                                          "skipped": targets.openvino_missing()}]
+                                          "skipped": openvino_missing()}]
     row = bench(tmp_path / "plain", ["ov-fp32"], runs=2, warmup=1).backends[0]
     assert row.latency is None and "not installed" in row.reason
 
@@ -240,7 +248,7 @@ def test_target_forms_measured_here_decide_each_targets_graph(tmp_path, monkeypa
     target's runtime against the graph without it and kept where it is HELPS faster; the
     required forms stay whatever the timing. The timings are replaced (axis_pool 1.5x
     faster, every other form 2 % slower) so the choice is known; the files must follow it."""
-    from deploy_attn.pipeline import measure_forms
+    from deploy_attn.targets import measure as measure_forms
 
     timed = []
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy_attn.errors import ArtifactError
-from deploy_attn.pipeline.trt_check import MATRIX_FILE, check_trt_support, load_matrix
+from deploy_attn.checks.trt_support import MATRIX_FILE, check_trt_support, load_matrix
+from deploy_attn.core.errors import ArtifactError
 
 from .conftest import ATTENTION_NAMES, SHARED
 
@@ -311,17 +311,18 @@ def test_export_fails_when_tensorrt_would_reject_a_node(capsys, tmp_path, monkey
     """The export runs the operator check on every artifact and exits non-zero naming the
     rejected nodes; the files stay (they are right for ONNX Runtime) and the report says
     why. The rejection is injected: no shipped module has one."""
-    import deploy_attn.pipeline.trt_check as trt_check
     from deploy_attn import cli
+    from deploy_attn.checks import trt_support
+    from deploy_attn.jobs import stages
 
-    real = trt_check.check_trt_support
+    real = trt_support.check_trt_support
 
     def rejecting(path):
         result = real(path)
-        issue = trt_check.TrtIssue("node_Conv_0", "Conv", "injected by the test")
+        issue = trt_support.TrtIssue("node_Conv_0", "Conv", "injected by the test")
         return dataclasses.replace(result, rejected=1, issues=[issue])
 
-    monkeypatch.setattr(trt_check, "check_trt_support", rejecting)
+    monkeypatch.setattr(stages, "check_trt_support", rejecting)
     code = cli.main(["export", "se", "-o", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
     assert code != 0 and err[-1].startswith("deploy-attn: error: se: model.onnx:"), err

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act, reduced_width
-from ..maps import MapSpec
+from ..layers.activations import create_act
+from ..layers.conv import reduced_width
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
 
 

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import create_act, require
-from ..maps import MapSpec
+from ..layers.activations import create_act
+from ..layers.conv import require
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
+from ..swaps import deploy_twin
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import require_divisible
-from ..maps import MapSpec
+from ..layers.conv import require_divisible
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import require
-from ..maps import MapSpec
+from ..layers.conv import require
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
+from ..swaps import deploy_twin
 from .ema import EMA
 
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import require_divisible
-from ..maps import MapSpec
+from ..layers.conv import require_divisible
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
+from ..swaps import deploy_twin
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import require
-from ..maps import MapSpec
+from ..layers.conv import require
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
 
 

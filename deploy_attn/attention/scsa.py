@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import create_act, require, require_divisible
-from ..maps import MapSpec
+from ..layers.activations import create_act
+from ..layers.conv import require, require_divisible
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import create_act, require_divisible
-from ..maps import MapSpec
+from ..layers.activations import create_act
+from ..layers.conv import require_divisible
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
+from ..swaps import deploy_twin
 
 
 class ShuffleAttention(nn.Module):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ConvBNAct, require, require_divisible
-from ..maps import MapSpec
+from ..layers.conv import ConvBNAct, require, require_divisible
+from ..map_capture import MapSpec
 from ..registry import ATTENTION
-from ..rewrite import deploy_twin
+from ..swaps import deploy_twin
 
 
 class SelectiveKernel(nn.Module):

@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..registry import ATTENTION, BACKBONES
+from ..models import build
 
 # Modules whose cost is quadratic in H*W (an HW x HW attention map): placed only where a
 # backbone's feature map is small (the UNet bridge), not in every block.
@@ -25,8 +26,6 @@ def make_attention(name: str | None, channels: int, **overrides: Any) -> nn.Modu
         return nn.Identity()
     import inspect
 
-    from ..models import build
-
     spec = ATTENTION.get(name)
     accepted = inspect.signature(spec.builder).parameters
     return build(spec, channels=channels,
@@ -35,8 +34,6 @@ def make_attention(name: str | None, channels: int, **overrides: Any) -> nn.Modu
 
 def fits(attn: str, sites: Sites) -> bool:
     """Whether ``attn`` can be built at every site (channels and input size)."""
-    from ..models import build
-
     spec = ATTENTION.get(attn)
     with torch.random.fork_rng(devices=[]):
         for channels, size in dict.fromkeys(sites):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..attention.se import SqueezeExcite
-from ..layers import ConvBNAct, make_divisible
+from ..layers.conv import ConvBNAct, make_divisible
 from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 # expand ratio, kernel, stride, input channels, output channels, layers (torchvision B0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ConvBNAct, make_divisible
+from ..layers.conv import ConvBNAct, make_divisible
 from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 # t (expansion), c (output channels), n (repeats), s (first stride)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..attention.se import SqueezeExcite
-from ..layers import ConvBNAct, make_divisible
+from ..layers.conv import ConvBNAct, make_divisible
 from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 BN = {"norm_eps": 1e-3, "norm_momentum": 0.01}

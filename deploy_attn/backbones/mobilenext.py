@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..layers import ConvBNAct, make_divisible
+from ..layers.conv import ConvBNAct, make_divisible
 from .common import damp_residual, kaiming_init, make_attention, register_backbone
 
 # t (reduction ratio), c (output channels), n (repeats), s (first stride)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import ConvBNAct
+from ..layers.conv import ConvBNAct
 from .common import GLOBAL_ATTENTION, kaiming_init, make_attention, register_backbone
+from ..layers.conv import require
 
 WIDTHS = (16, 32, 64, 128)
 BRIDGE = 256
@@ -55,8 +56,6 @@ class UNet(nn.Module):
         return self.head(x)
 
     def check_input(self, h: int, w: int) -> None:
-        from ..layers import require
-
         k = 2 ** len(self.encoders)
         require(h % k == 0 and w % k == 0, f"UNet input {h}x{w} must be a multiple of {k}")
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .activations import create_act
 
 

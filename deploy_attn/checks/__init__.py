@@ -1,0 +1,3 @@
+"""Checks of artifacts: parity, the TensorRT operator check, map drift."""
+
+

@@ -1,0 +1,3 @@
+"""The commands beside export: bench, accuracy, maps, report."""
+
+

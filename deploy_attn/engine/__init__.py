@@ -1,0 +1,3 @@
+"""TensorRT engines: their configuration, the build, and the sidecar that records it."""
+
+

@@ -1,0 +1,3 @@
+"""ONNX graphs: the one Graph view, the deploy passes, the CPU forms, export and simplify."""
+
+

@@ -1,0 +1,3 @@
+"""Jobs: export as steps, build, verify."""
+
+

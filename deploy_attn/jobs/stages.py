@@ -1,0 +1,258 @@
+"""The export's steps after the FP32 graph: the precision artifacts and the CPU targets."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..checks.drift import drift_note, drifting_site
+from ..checks.parity import fp32_tolerance
+from ..checks.trt_support import check_trt_support
+from ..core.console import Progress
+from ..core.numerics import TOLERANCES, Tolerance, compare, seeded_inputs
+from ..core.onnx_io import load_onnx
+from ..exportdir.config import ExportConfig
+from ..exportdir.layout import MODEL_FILE, artifact_name
+from ..precision.calib import CalibData, calibration_data, verification_data
+from ..precision.common import name_nodes, tensor_ranges
+from ..precision.cpu_int8 import quantize_int8_cpu
+from ..precision.fp16 import convert_fp16, fp16_remainder
+from ..precision.int8 import quantize_int8
+from ..precision.saturation import saturation_note, saturation_report
+from ..precision.sensitivity import auto_exclude, cosine_scorer, int8_sensitivity
+from ..runtime.backends import run_target
+from ..runtime.ort import graph_numerics, ort_outputs, ort_session, verification_runtime
+from ..runtime.pytorch import torch_outputs
+from ..sources import ModelCard
+from ..targets.cpu import RUNTIMES, TARGET_CPUS, TARGET_FORMS, write_target
+from ..targets.measure import measure_forms
+
+
+def measured_forms(cfg: ExportConfig, fp32: Path, shape: tuple[int, ...],
+                    progress: Progress) -> dict:
+    """Each CPU target's forms timed on this machine (measure_forms), int8-cpu's graph
+    (onnx-cpu's) among them."""
+    formats = list(cfg.formats)
+    if "int8-cpu" in cfg.precisions and "onnx-cpu" not in formats:
+        formats.append("onnx-cpu")
+    measured = {fmt: measure_forms(fmt, fp32, shape, progress=progress) for fmt in formats}
+    for fmt, m in measured.items():
+        times = ", ".join(f"{f} {r:.2f}x" for f, r in m["speedup"].items()) or "no form applies"
+        progress(f"{fmt}: forms measured here: {times} -> {', '.join(m['forms']) or 'none'}")
+    return measured
+
+
+def _forms(report: dict, fmt: str) -> tuple[str, ...] | None:
+    """The forms measured for ``fmt`` in this run, or None (TARGET_FORMS)."""
+    measured = report.get("target_forms", {}).get(fmt)
+    return tuple(measured["forms"]) if measured else None
+
+
+def target_stage(cfg: ExportConfig, card: ModelCard, checks: "Checks | None", stage: Path,
+             report: dict, progress: Progress) -> list[str]:
+    """The CPU targets asked for (``cfg.formats``) of every artifact, each checked against
+    PyTorch on the verification inputs at its precision's tolerance; the files written. A
+    target outside tolerance is recorded with the reason and not written (its ONNX file
+    passed on ONNX Runtime: the target's runtime computes it otherwise)."""
+    if not cfg.formats:
+        return []
+    x = checks.verify.inputs if checks else seeded_inputs((4,) + tuple(card.input_shape[1:]))
+    ref = checks.ref if checks else torch_outputs(card.module, x)
+    tolerances = {p: tolerance_for(card, p, x) for p in report["files"]}
+    report["target_cpu"] = {"cpu": cfg.target_cpu, "for": TARGET_CPUS[cfg.target_cpu]}
+    written: list[str] = []
+    for fmt in cfg.formats:
+        for precision, name in report["files"].items():
+            progress(f"{fmt}: {precision} ({name})")
+            files, forms, graph = write_target(fmt, stage / name, cfg.target_cpu,
+                                               _forms(report, fmt))
+            tol = tolerances[precision]
+            result = compare(run_target(fmt, stage / files[0], x), ref, tol,
+                             classifier=card.classifier)
+            entry = {"files": files, "tolerance": asdict(tol), "results": [result.as_dict()],
+                     "ok": result.ok, "runtime": RUNTIMES[fmt], "forms": forms,
+                     "cpu": cfg.target_cpu}
+            if "qdq" in graph_numerics(stage / name):
+                entry["saturation"] = saturation_report(graph, checks.calib.inputs)
+                progress(f"{fmt}: {precision}: {saturation_note(entry['saturation'])}")
+            if result.ok:
+                written += files
+            else:
+                entry.update(files=[], reason=f"vs PyTorch cosine {result.cosine:.6f}, max abs "
+                             f"{result.max_abs:.3g}, outside {precision}'s tolerance on "
+                             f"{RUNTIMES[fmt]}")
+            report.setdefault("targets", {}).setdefault(fmt, {})[precision] = entry
+    return written
+
+
+def tolerance_for(card: ModelCard, precision: str, x: np.ndarray) -> Tolerance:
+    """A precision's parity tolerance (FP32's measured on the model and ``x``)."""
+    return fp32_tolerance(card.module, x)[0] if precision == "fp32" else TOLERANCES[precision]
+
+
+def trt_check_entry(path: Path) -> dict:
+    return check_trt_support(path).as_dict()
+
+
+@dataclass
+class Checks:
+    """What every precision stage of one export shares (computed once per run)."""
+    calib: CalibData  # calibration inputs
+    verify: CalibData  # verification inputs, disjoint from them
+    ref: np.ndarray  # the reference model's outputs on verify.inputs
+    ranges: dict[str, float] | None = None  # the FP32 graph's tensor magnitudes on calib
+    qdq: tuple[Path, dict] | None = None  # the FP32-remainder Q/DQ graph and its details
+
+    def tensor_ranges(self, fp32: Path) -> dict[str, float]:
+        if self.ranges is None:
+            self.ranges = tensor_ranges(name_nodes(load_onnx(fp32)), self.calib.inputs)
+        return self.ranges
+
+
+def make_checks(cfg: ExportConfig, card: ModelCard) -> Checks:
+    shape = card.input_shape
+    verify = verification_data(card.preprocess, shape, cfg.calib_dir, cfg.calib_count,
+                               cfg.verify_count)
+    return Checks(calibration_data(card.preprocess, shape, cfg.calib_dir, cfg.calib_count,
+                                    card.name), verify,
+                   torch_outputs(card.module, verify.inputs))
+
+
+def _qdq_fp32(cfg: ExportConfig, checks: Checks, stage: Path, dst: Path,
+              progress: Progress) -> tuple[Path, dict]:
+    """The INT8 Q/DQ graph with an FP32 remainder (``int8-fp32``), placed and calibrated,
+    with --exclude / --exclude auto / --sensitivity applied; made once per run (the
+    ``int8`` form is derived from it)."""
+    if checks.qdq is not None:
+        return checks.qdq
+    src, calib, x, ref = stage / MODEL_FILE, checks.calib, checks.verify.inputs, checks.ref
+    tol, auto, details = TOLERANCES["int8"], tuple(cfg.exclude) == ("auto",), {}
+    progress(f"int8: calibrate ({cfg.calib_method}, {calib.source}), quantize Q/DQ")
+    artifact = quantize_int8(src, dst, calib, cfg.calib_method, () if auto else cfg.exclude,
+                             cache_dir=stage)
+    if cfg.sensitivity or auto:
+        scorer = cosine_scorer(ref, x)
+        base = scorer(dst)
+        if cfg.sensitivity or base < tol.min_cosine:
+            progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+            rows = int8_sensitivity(src, dst, scorer, progress, base=base)
+            details["sensitivity"] = rows
+        if auto and base < tol.min_cosine:
+            def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
+                nonlocal artifact
+                artifact = quantize_int8(src, dst, calib, cfg.calib_method, nodes,
+                                         cache_dir=stage)
+                return scorer(dst)
+
+            chosen = auto_exclude(src, dst, rows, scorer, tol.min_cosine, base, confirm=confirm)
+            progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
+    details.update(artifact.details)
+    if details.get("note"):
+        progress(f"int8: note: {details['note']}")
+    checks.qdq = (dst, details)
+    return checks.qdq
+
+
+def _auto_fp16_remainder(cfg: ExportConfig, checks: Checks, stage: Path, qdq: Path,
+                         staged: Path, qdq_details: dict, progress: Progress) -> dict:
+    """--exclude auto for the INT8 + FP16 form: when it misses the INT8 threshold (the
+    FP16 remainder adds its rounding to INT8's), more of the most sensitive nodes stay
+    unquantized, each candidate set confirmed on the derived FP16-remainder artifact
+    itself; the details of the final quantization (empty when nothing changed)."""
+    src, target = stage / MODEL_FILE, TOLERANCES["int8"].min_cosine
+    scorer = cosine_scorer(checks.ref, checks.verify.inputs)
+    base = scorer(staged)
+    if base >= target:
+        return {}
+    rows = qdq_details.get("sensitivity")
+    if rows is None:
+        progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+        rows = int8_sensitivity(src, qdq, scorer, progress)
+    done = set(qdq_details.get("excluded_nodes", []))
+    rows = [r for r in rows if r["node"] not in done]
+    retry, artifact = stage / "qdq-fp32-auto.onnx", None
+
+    def confirm(nodes: list[str]) -> float:  # re-quantized, FP16 remainder derived again
+        nonlocal artifact
+        artifact = quantize_int8(src, retry, checks.calib, cfg.calib_method,
+                                 sorted(done) + nodes, cache_dir=stage)
+        fp16_remainder(retry, staged, checks.calib, checks.tensor_ranges(src),
+                       cfg.fp16_threshold)
+        return scorer(staged)
+
+    chosen = auto_exclude(src, qdq, rows, scorer, target, base, confirm=confirm)
+    progress(f"int8 --exclude auto: {len(done) + len(chosen)} node(s) left FP32 for the FP16 "
+             "remainder")
+    return artifact.details if artifact is not None else {}
+
+
+def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precision: str,
+                     stage: Path, report: dict, progress: Progress) -> str | None:
+    """Stage model.<precision>.onnx if it meets its threshold (verified with the runtime
+    configuration parity.ort_session(verify=True) trusts); return a failure message
+    otherwise."""
+    src, staged = stage / MODEL_FILE, stage / artifact_name(precision)
+    tol = TOLERANCES[precision]
+    calib, verify, ref = checks.calib, checks.verify, checks.ref
+    x = verify.inputs
+    details: dict = {}
+    if precision == "fp16":
+        progress(f"fp16: measure activation ranges on {len(calib.inputs)} inputs, convert")
+        details = convert_fp16(src, staged, calib, cfg.fp16_threshold,
+                               checks.tensor_ranges(src)).details
+    elif precision == "int8-cpu":
+        progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU, "
+                 "in the CPU target's graph forms")
+        forms = _forms(report, "onnx-cpu")
+        details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage,
+                                    portable=cfg.target_cpu == "portable",
+                                    forms=TARGET_FORMS["onnx-cpu"] if forms is None
+                                    else forms).details
+    elif precision == "int8-fp32":
+        details = dict(_qdq_fp32(cfg, checks, stage, staged, progress)[1])
+    else:  # int8: INT8 with an FP16 remainder, from the FP32-remainder graph
+        qdq, qdq_details = _qdq_fp32(cfg, checks, stage, stage / "qdq-fp32.onnx", progress)
+        progress("int8: FP16 remainder (the FP16 stage's measured FP32 islands)")
+        remainder = fp16_remainder(qdq, staged, calib, checks.tensor_ranges(src),
+                                   cfg.fp16_threshold)
+        details = {**qdq_details, **remainder.details}
+        if tuple(cfg.exclude) == ("auto",):
+            details.update(_auto_fp16_remainder(cfg, checks, stage, qdq, staged, qdq_details,
+                                                progress))
+    if precision.startswith("int8"):
+        details["saturation"] = saturation_report(staged, calib.inputs)
+        progress(f"{precision}: {saturation_note(details['saturation'])}")
+    runtime = verification_runtime(staged)
+    progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
+    result = compare(ort_outputs(ort_session(staged, verify=True), x), ref, tol,
+                     classifier=card.classifier)
+    overflows = details.get("overflows", [])
+    entry = {"file": staged.name, "tolerance": asdict(tol), "results": [result.as_dict()],
+             "ok": result.ok and not overflows, "verification": verify.as_dict(),
+             "runtime": runtime, **details}
+    report.setdefault("precisions", {})[precision] = entry
+    if overflows:
+        return (f"{card.name}: {precision.upper()} graph casts {len(overflows)} tensor(s) "
+                f"beyond the FP16 range to FP16: {', '.join(overflows[:3])}; lower "
+                f"--fp16-threshold (now {cfg.fp16_threshold:g})")
+    if not result.ok:
+        hint = ""
+        if precision in ("int8", "int8-fp32") and tuple(cfg.exclude) == ("auto",):
+            hint = (f"; --exclude auto left {len(details['excluded_nodes'])} nodes FP32 (it "
+                    "stops at a quarter of the quantized nodes)")
+        if precision.startswith("int8") and card.generated and card.kind == "backbone":
+            hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
+                     "'INT8 on generated weights'): give the trained ones with --weights")
+        if report.get("attention_maps") and cfg.strict:  # a diagnosis maps every site anyway
+
+            progress(f"{precision}: locate the first attention map that drifts")
+            hint += drift_note(drifting_site(staged, report["attention_maps"], card.module, x,
+                                             precision), precision)
+        return (f"{card.name}: {precision.upper()} output vs PyTorch FP32: cosine "
+                f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
+                f"finite {result.finite}{hint}")
+    report["files"][precision] = staged.name
+    if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
+        report.setdefault("trt_check", {})[precision] = trt_check_entry(staged)
+    return None

@@ -1,0 +1,3 @@
+"""One runner per runtime, and the table of backends."""
+
+

@@ -1,0 +1,3 @@
+"""The CPU targets: OpenVINO IR, ORT (mobile) and onnx-cpu files."""
+
+
