@@ -13,7 +13,7 @@ from common import exported, footer, header, measure, parser, print_table, work_
 import deploy_attn
 from deploy_attn.core.numerics import seeded_inputs
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.ort import OrtRunner
 from deploy_attn.zoo import zoo_rows
 
 BASE = "mobilenetv2"
@@ -30,7 +30,7 @@ def main() -> None:
     costs = {r["name"]: r for r in zoo_rows(f"{BASE}*") if r["name"] in names}
     header(f"Attention modules on {BASE}: ONNX Runtime FP32 overhead vs cost overhead", args)
     x = seeded_inputs(get_spec(BASE).input_shape())
-    ms = measure({n: ort_runner(paths[n], x, args.threads) for n in names}, args)
+    ms = measure({n: OrtRunner(paths[n], args.threads).timed(x) for n in names}, args)
     base, rows = costs[BASE], []
     for n in sorted(names, key=ms.get):
         c = costs[n]

@@ -13,8 +13,8 @@ from common import exported, header, footer, measure, parser, print_table, quant
 import deploy_attn
 from deploy_attn.core.numerics import seeded_inputs
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.ort import ort_runner
-from deploy_attn.runtime.pytorch import torch_runner
+from deploy_attn.runtime.ort import OrtRunner
+from deploy_attn.runtime.pytorch import TorchRunner
 
 MODELS = ("mobilenetv2", "mobilenetv2_ca", "resnet18_cbam", "resnet50_se")
 TARGET_ORT_VS_EAGER = 2.5  # on mobilenetv2_ca, issue 6
@@ -32,10 +32,10 @@ def main() -> None:
     for name in args.models:
         fp32, q = artifacts[name]
         x = seeded_inputs(get_spec(name).input_shape())
-        ms = measure({"eager": torch_runner(deploy_attn.create_model(name), x),
-                      "fp32": ort_runner(fp32, x, args.threads),
-                      "int8": ort_runner(q["int8"][0], x, args.threads),
-                      "int8-cpu": ort_runner(q["int8-cpu"][0], x, args.threads)}, args)
+        ms = measure({"eager": TorchRunner(deploy_attn.create_model(name)).timed(x),
+                      "fp32": OrtRunner(fp32, args.threads).timed(x),
+                      "int8": OrtRunner(q["int8"][0], args.threads).timed(x),
+                      "int8-cpu": OrtRunner(q["int8-cpu"][0], args.threads).timed(x)}, args)
         ratios[name] = {k: ms["eager"] / v for k, v in ms.items()}
         rows.append([name, f"{ms['eager']:.2f}", f"{ms['fp32']:.2f}",
                      f"{ms['int8']:.2f}", f"{ms['int8-cpu']:.2f}",

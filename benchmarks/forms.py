@@ -31,8 +31,8 @@ from deploy_attn.checks.parity import check_onnx
 from deploy_attn.core.numerics import seeded_inputs
 from deploy_attn.graph.cpu_forms import FORM_NAMES, apply_forms
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.openvino import openvino_missing, ov_compile, ov_runner
-from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.openvino import OpenVINORunner, openvino_missing
+from deploy_attn.runtime.ort import OrtRunner
 from deploy_attn.runtime.timing import interleaved_times
 from deploy_attn.targets.cpu import TARGET_FORMS, write_ort
 
@@ -100,10 +100,9 @@ def main() -> None:
         x = seeded_inputs(shape)
         times = {}
         for rt in RUNTIMES:  # one interleaved loop per runtime: a round stays short
-            peers = {f"{rt}|{key}": ov_runner(ov_compile(path, args.threads), x)
-                     if rt == "ov" else ort_runner(path.with_suffix(".ort")
-                                                   if rt == "ortmobile" else path, x,
-                                                   args.threads)
+            peers = {f"{rt}|{key}": (OpenVINORunner(path, args.threads) if rt == "ov" else
+                                     OrtRunner(path.with_suffix(".ort") if rt == "ortmobile"
+                                               else path, args.threads)).timed(x)
                      for key, (path, _) in forms.items()}
             times.update(interleaved_times(peers, args.runs, args.warmup))
             del peers

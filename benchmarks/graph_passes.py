@@ -25,7 +25,7 @@ from deploy_attn.graph.export import export_onnx
 from deploy_attn.graph.passes import PASSES, apply_passes
 from deploy_attn.graph.simplify import simplify_onnx
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.ort import OrtRunner
 
 sys.path.insert(0, str(REPO))
 from tests.foreign_models import OfficialMBV2CA, randomize  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> None:
     for name, model, shape in models:
         paths = variants(name.replace(" ", "_"), model, shape, work)
         x = seeded_inputs(shape)
-        times = measure({k: ort_runner(p, x, args.threads) for k, p in paths.items()}, args)
+        times = measure({k: OrtRunner(p, args.threads).timed(x) for k, p in paths.items()}, args)
         nodes = {k: len(onnx.load(str(p)).graph.node) for k, p in paths.items()}
         expands = sum(n.op_type == "Expand" for n in onnx.load(str(paths["exported"])).graph.node)
         rows.append([name, f"{nodes['exported']}/{nodes['passes_no_expand']}/{nodes['all_passes']}",

@@ -30,7 +30,7 @@ from deploy_attn.core.console import to_stderr as log
 from deploy_attn.core.cpu import ISA_LIMITS, isa_line
 from deploy_attn.core.numerics import INT8, compare, seeded_inputs
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.openvino import ov_compile, ov_outputs, ov_runner
+from deploy_attn.runtime.openvino import OpenVINORunner
 from deploy_attn.targets.cpu import write_target
 
 MODELS = ("mobilenetv2_ca", "resnet18_cbam")
@@ -63,9 +63,9 @@ def child(args) -> None:
     x1 = seeded_inputs(shape)
     x8 = seeded_inputs((8,) + shape[1:])
     ref = reference_outputs(args.models[0], x8)
-    compiled = {k: ov_compile(p, args.threads) for k, p in files.items()}
-    cosine = {k: compare(ov_outputs(c, x8), ref, INT8).cosine for k, c in compiled.items()}
-    ms, times = timed({k: ov_runner(c, x1) for k, c in compiled.items()}, args)
+    compiled = {k: OpenVINORunner(p, args.threads) for k, p in files.items()}
+    cosine = {k: compare(c.run(x8), ref, INT8).cosine for k, c in compiled.items()}
+    ms, times = timed({k: c.timed(x1) for k, c in compiled.items()}, args)
     speedup = {k: paired(times, "fp32", k) for k in IRS[1:]}
     print(json.dumps({"isa": isa_line(), "ms": ms, "speedup": speedup, "cosine": cosine}))
 

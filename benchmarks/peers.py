@@ -24,9 +24,9 @@ import deploy_attn
 from deploy_attn.core.numerics import INT8, compare, seeded_inputs
 from deploy_attn.core.onnx_io import op_counts
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.openvino import openvino_missing, ov_compile, ov_outputs, ov_runner
-from deploy_attn.runtime.ort import ort_runner
-from deploy_attn.runtime.pytorch import torch_outputs, torch_runner
+from deploy_attn.runtime.openvino import OpenVINORunner, openvino_missing
+from deploy_attn.runtime.ort import OrtRunner
+from deploy_attn.runtime.pytorch import TorchRunner, torch_outputs
 from deploy_attn.targets.cpu import target_graph
 
 MODELS = ("mobilenetv2", "mobilenetv2_ca", "resnet18_cbam", "resnet50_se")
@@ -62,19 +62,19 @@ def main() -> None:
                      if op_counts(target_graph(fmt, ours)[0]) == op_counts(onnx.load(str(plain)))}
         x = seeded_inputs(get_spec(name).input_shape())
         model = deploy_attn.create_model(name)
-        int8 = ov_compile(q["int8"][0], args.threads)
+        int8 = OpenVINORunner(q["int8"][0], args.threads)
         x8 = seeded_inputs((8,) + x.shape[1:])
-        ov_cos = compare(ov_outputs(int8, x8), torch_outputs(model, x8), INT8).cosine
-        peers = {"eager": torch_runner(model, x),
-                 "ort-trt": ort_runner(ours, x, args.threads),
-                 "ort": ort_runner(cpu["onnx-cpu"], x, args.threads),
-                 "ov-trt": ov_runner(ov_compile(ours, args.threads), x),
-                 "ov": ov_runner(ov_compile(cpu["openvino"], args.threads), x),
-                 "ort-int8-cpu": ort_runner(q["int8-cpu"][0], x, args.threads),
-                 "ov-int8": ov_runner(int8, x)}
+        ov_cos = compare(int8.run(x8), torch_outputs(model, x8), INT8).cosine
+        peers = {"eager": TorchRunner(model).timed(x),
+                 "ort-trt": OrtRunner(ours, args.threads).timed(x),
+                 "ort": OrtRunner(cpu["onnx-cpu"], args.threads).timed(x),
+                 "ov-trt": OpenVINORunner(ours, args.threads).timed(x),
+                 "ov": OpenVINORunner(cpu["openvino"], args.threads).timed(x),
+                 "ort-int8-cpu": OrtRunner(q["int8-cpu"][0], args.threads).timed(x),
+                 "ov-int8": int8.timed(x)}
         if plain is not None:
-            peers.update({"ort-plain": ort_runner(plain, x, args.threads),
-                          "ov-plain": ov_runner(ov_compile(plain, args.threads), x)})
+            peers.update({"ort-plain": OrtRunner(plain, args.threads).timed(x),
+                          "ov-plain": OpenVINORunner(plain, args.threads).timed(x)})
         ms, times_all[name] = timed(peers, args)
         rows.append([name] + [f"{ms[k]:.2f}" if k in ms else "-" for k in PEERS] +
                     [f"{q['int8-cpu'][1]:.4f}", f"{ov_cos:.4f}"])
@@ -132,8 +132,8 @@ def _targets(times_all: dict[str, dict[str, list[float]]], same: set[tuple[str, 
         peers = {}
         for n in ("mobilenetv2", "mobilenetv2_ca"):
             cpu = artifacts[n][3]
-            peers[f"ov|{n}"] = ov_runner(ov_compile(cpu["openvino"], args.threads), x)
-            peers[f"ort|{n}"] = ort_runner(cpu["onnx-cpu"], x, args.threads)
+            peers[f"ov|{n}"] = OpenVINORunner(cpu["openvino"], args.threads).timed(x)
+            peers[f"ort|{n}"] = OrtRunner(cpu["onnx-cpu"], args.threads).timed(x)
         ms, times = timed(peers, args)
         best = min(fp32, key=lambda rt: ms[f"{rt}|mobilenetv2_ca"])
         overhead = {rt: paired(times, f"{rt}|mobilenetv2_ca", f"{rt}|mobilenetv2")

@@ -23,7 +23,7 @@ from deploy_attn.checks.parity import check_onnx
 from deploy_attn.core.numerics import FP32, seeded_inputs
 from deploy_attn.core.onnx_io import op_counts
 from deploy_attn.registry import get_spec
-from deploy_attn.runtime.ort import ort_runner
+from deploy_attn.runtime.ort import OrtRunner
 
 
 
@@ -82,8 +82,8 @@ def main() -> None:
             same.append(name)
             note = (note + "; " if note else "") + "same ops as plain: the difference is noise"
         x = seeded_inputs(shape)
-        ms = measure({"ours": ort_runner(ours, x, args.threads),
-                      "plain": ort_runner(plain, x, args.threads)}, args)
+        ms = measure({"ours": OrtRunner(ours, args.threads).timed(x),
+                      "plain": OrtRunner(plain, args.threads).timed(x)}, args)
         ratio = ms["plain"] / ms["ours"]
         if ratio < NOT_SLOWER and name not in same:
             slower.append(name)
@@ -94,9 +94,9 @@ def main() -> None:
                                    args.runs, runtimes=("ort",))["ort"]
             pooled = ours.with_name("ours.avgpool.onnx")
             if pools_as_averagepool(ours, pooled):
-                ms = measure({"ours": ort_runner(ours, x, args.threads),
-                              "pooled": ort_runner(pooled, x, args.threads),
-                              "plain": ort_runner(plain, x, args.threads)}, args)
+                ms = measure({"ours": OrtRunner(ours, args.threads).timed(x),
+                              "pooled": OrtRunner(pooled, args.threads).timed(x),
+                              "plain": OrtRunner(plain, args.threads).timed(x)}, args)
                 swaps.append([name, f"{ms['ours']:.3f}", f"{ms['pooled']:.3f}",
                               f"{ms['plain']:.3f}", f"{ms['plain'] / ms['pooled']:.2f}x"])
     print_table(["module", "nodes ours", "nodes plain", "ours ms", "plain ms",

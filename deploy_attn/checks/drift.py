@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -13,8 +13,9 @@ from ..core.console import Progress, silent
 from ..core.numerics import compare
 from ..core.onnx_io import load_onnx
 from ..map_capture import MapSite, MapSpec, capture
-from ..runtime.openvino import openvino_missing, ov_batches, ov_compile
-from ..runtime.ort import ort_batches, ort_session
+from ..runtime.base import Runner
+from ..runtime.openvino import OpenVINORunner, openvino_missing
+from ..runtime.ort import OrtRunner
 
 SCOPES = "pkg.torch.onnx.name_scopes"
 # When a map "drifts": FP32 elementwise (the export's FP32 atol); reduced precisions by the
@@ -111,22 +112,9 @@ def drift_note(drift: dict | None, precision: str) -> str:
             "draws every site")
 
 
-def _ort_maps(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort_session(path, verify=True)
-    order = [o.name for o in session.get_outputs()]
-    runs = list(ort_batches(session, x))
-    return {n: np.concatenate([r[order.index(n)] for r in runs]).astype(np.float32)
-            for n in names}
-
-
-def _ov_maps(path: Path, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    compiled = ov_compile(path)
-    runs = list(ov_batches(compiled, x))
-    return {n: np.concatenate([np.asarray(r[compiled.output(n)]) for r in runs])
-            .astype(np.float32) for n in names}
-
-
-RUNNERS = {"onnxruntime": _ort_maps, "openvino": _ov_maps}
+# the runtimes maps are read on, each in the configuration the checks trust
+RUNNERS: dict[str, Callable[[Path], Runner]] = {
+    "onnxruntime": lambda path: OrtRunner(path, verify=True), "openvino": OpenVINORunner}
 
 
 def map_runtimes() -> list[str]:
@@ -187,7 +175,8 @@ def measure(files: dict[str, Path], index: Sequence[dict], module, x: np.ndarray
             added = debug_copy(file, tensors, debug)
             for rt in runtimes:
                 progress(f"maps: {Path(file).name} on {rt} ({len(added)} map tensors as outputs)")
-                found[rt][precision] = RUNNERS[rt](debug, added, x)
+                maps = RUNNERS[rt](debug).outputs(x, added)
+                found[rt][precision] = {n: v.astype(np.float32) for n, v in maps.items()}
     rows, skipped = [], []
     for s, e in zip(sites, index):
         ref = captured.maps.get(s.key)

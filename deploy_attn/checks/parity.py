@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..core.numerics import FP32, ParityResult, Tolerance, compare, seeded_inputs
-from ..runtime.ort import ort_outputs, ort_session
+from ..runtime.ort import OrtRunner
 from ..runtime.pytorch import torch_outputs
 
 ROUNDING_FACTOR = 4.0  # FP32 atol >= this x the reference's own FP32 rounding error
@@ -43,13 +43,13 @@ def check_onnx(path: str | Path, reference: nn.Module, shapes: Sequence[Sequence
     """Run the ONNX file and the reference on the same seeded inputs, one result per shape;
     ``tol`` defaults to fp32_tolerance on the first shape's input. Returns the results,
     the tolerance and the reference's FP32 rounding error."""
-    session = ort_session(path)
+    runner = OrtRunner(path)
     rounding = 0.0
     if tol is None:
         tol, rounding = fp32_tolerance(reference, seeded_inputs(shapes[0], seed))
     results = []
     for shape in shapes:
         x = seeded_inputs(shape, seed)
-        results.append(compare(ort_outputs(session, x), torch_outputs(reference, x), tol,
+        results.append(compare(runner.run(x), torch_outputs(reference, x), tol,
                                classifier))
     return results, tol, rounding

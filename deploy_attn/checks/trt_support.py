@@ -193,11 +193,11 @@ class _GraphInfo:
         for node in graph.node:
             self.nodes.append(node)
             self.producers.update((o, node) for o in node.output if o)
-            for attr in node.attribute:
-                if node.op_type == "Constant" and attr.name == "value":
-                    self.types[node.output[0]] = attr.t.data_type
-                    self.shapes[node.output[0]] = list(attr.t.dims)
-                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+            for a in node.attribute:
+                if node.op_type == "Constant" and a.name == "value":
+                    self.types[node.output[0]] = a.t.data_type
+                    self.shapes[node.output[0]] = list(a.t.dims)
+                for sub in (*([a.g] if a.HasField("g") else []), *a.graphs):
                     self._collect(sub)
 
     def is_constant(self, name: str) -> bool:
@@ -332,9 +332,9 @@ def _dropout_inference(node: onnx.NodeProto, row: OpSupport, graph: _GraphInfo) 
 
 
 def _constant_attrs(node: onnx.NodeProto, row: OpSupport, graph: _GraphInfo) -> Iterator[str]:
-    for attr in node.attribute:
-        if attr.name in ("sparse_value", "value_string", "value_strings"):
-            yield f"{attr.name} attribute unsupported"
+    for a in node.attribute:
+        if a.name in ("sparse_value", "value_string", "value_strings"):
+            yield f"{a.name} attribute unsupported"
 
 
 def _resize(node: onnx.NodeProto, row: OpSupport, graph: _GraphInfo) -> Iterator[str]:

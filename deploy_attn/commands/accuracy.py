@@ -11,12 +11,10 @@ over images (seeded).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,15 +22,16 @@ from ..core.console import format_table, progress_bar
 from ..core.errors import ArtifactError, ConfigError
 from ..core.files import write_json
 from ..engine.config import engine_path_for
-from ..engine.sidecar import check_inputs, check_sidecar, current_environment
+from ..engine.sidecar import checked_runner
 from ..exportdir.layout import ACCURACY_FILE
 from ..exportdir.reader import open_export
 from ..exportdir.transaction import directory_lock
 from ..runtime.backends import TARGET_PREFIXES, target_runner
 from ..runtime.openvino import openvino_missing
-from ..runtime.ort import ort_outputs, ort_session
-from ..runtime.pytorch import torch_outputs
-from ..runtime.tensorrt import TensorRTUnavailable, engine_runner, require_tensorrt
+from ..runtime.base import Runner
+from ..runtime.ort import OrtRunner
+from ..runtime.pytorch import TorchRunner, torch_outputs
+from ..runtime.tensorrt import TensorRTUnavailable, require_tensorrt
 from .labelled import Dataset, dataset_inputs, load_dataset, load_mask
 
 MAX_DROP = {"fp32": 0.1, "fp16": 0.1, "int8": 1.0, "int8-fp32": 1.0, "int8-cpu": 1.0}  # points
@@ -231,24 +230,22 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
     inputs = dataset_inputs(dataset, pre)
 
     engines = exp.report.get("engines", {})
-    # (form, precision, artifact, the runner to enter (None: skipped), why skipped)
-    forms: list[tuple[str, str | None, str | None, ContextManager[Callable] | None,
-                      str | None]] = [
-        ("pytorch", None, None,
-         contextlib.nullcontext(lambda x: torch_outputs(card.module, x)), None)]
+    # (form, precision, artifact, its runner (None: skipped), why skipped)
+    forms: list[tuple[str, str | None, str | None, Runner | None, str | None]] = [
+        ("pytorch", None, None, TorchRunner(card.module), None)]
     static = exp.report["input_shape"][0] if not exp.cfg.dynamic_batch else None
     for p in wanted:
-        # partial, not a lambda: each form keeps its own session
-        run = functools.partial(ort_outputs, ort_session(Path(directory) / files[p], verify=True))
-        forms.append((p, p, files[p], contextlib.nullcontext(run), None))
+        forms.append((p, p, files[p], OrtRunner(Path(directory) / files[p], verify=True), None))
     forms += _target_forms(Path(directory), exp.report.get("targets", {}), wanted)
     for p in engines:
         if precisions is not None and p not in precisions:
             continue
         try:
             require_tensorrt(exp.name, p)
+            # one image at a time, inside the profile checked on the first one
             forms.append((f"trt-{p}", p, engine_path_for(directory, p).name,
-                          _engine_runner(engine_path_for(directory, p), inputs[:1]), None))
+                          checked_runner(engine_path_for(directory, p), inputs[:1], batch=1),
+                          None))
         except TensorRTUnavailable as exc:
             forms.append((f"trt-{p}", p, engines[p].get("file"), None, str(exc)))
     step = static or batch
@@ -262,8 +259,8 @@ def evaluate(directory: Path, dataset_path: Path, precisions: Sequence[str] | No
                                 "reason": reason})
                 continue
             bar.set_postfix_str(form)
-            with runner as run:
-                preds = _predict(run, inputs, dataset, batch if form == "pytorch" else step,
+            with runner:
+                preds = _predict(runner.run, inputs, dataset, batch if form == "pytorch" else step,
                                  masks, bar.update)
             if reference is None:
                 reference = preds
@@ -300,18 +297,5 @@ def _target_forms(directory: Path, targets: dict, wanted: Sequence[str]) -> list
                 out.append((form, p, None, None, entry.get("reason") or missing))
                 continue
             path = directory / entry["files"][0]
-            out.append((form, p, path.name,
-                        contextlib.nullcontext(target_runner(fmt, path)), None))
+            out.append((form, p, path.name, target_runner(fmt, path), None))
     return out
-
-
-@contextlib.contextmanager
-def _engine_runner(engine_path: Path, sample: np.ndarray
-                   ) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
-    """The engine, loaded once for every batch and run one image at a time, after the
-    checks engine_outputs makes (its sidecar; ``sample``, one image, against its profile)."""
-    check_inputs(check_sidecar(engine_path, current_environment(precision=None)), [sample])
-    with engine_runner(engine_path) as run:
-        # the runner reuses its host buffers between calls: copy each output
-        yield lambda x: np.concatenate([np.array(next(iter(run(x[i:i + 1]).values())), copy=True)
-                                        for i in range(len(x))])

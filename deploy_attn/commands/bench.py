@@ -29,11 +29,11 @@ from ..jobs.export import export_adding
 from ..precision.common import PRECISIONS
 from ..registry import get_spec
 from ..runtime.backends import BACKENDS, DEFAULT_BACKENDS, TARGET_BACKENDS, check_backends, \
-    environment
-from ..runtime.openvino import openvino_missing, ov_compile, ov_config, ov_runner
-from ..runtime.ort import ort_options, ort_runner
-from ..runtime.pytorch import torch_runner, torch_threads
-from ..runtime.tensorrt import TensorRTUnavailable, require_tensorrt, trt_runner
+    environment, target_runner
+from ..runtime.openvino import openvino_missing, ov_config
+from ..runtime.ort import OrtRunner, ort_options
+from ..runtime.pytorch import TorchRunner, torch_threads
+from ..runtime.tensorrt import TensorRTRunner, TensorRTUnavailable, require_tensorrt
 from ..runtime.timing import BLOCK, SETTLE_S, Latency, interleaved_times
 from ..sources import load_source
 from .latency import latency_table, settings_line
@@ -243,35 +243,10 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch_threads(threads))
         for b in backends:
-            r = results[b]
-            if r.reason:
-                continue
-            if b == "torch":
-                say(f"torch: eager reference module, {threads} thread(s), inference_mode")
-                runners[b] = torch_runner(exp.card().module, x)
-                continue
-            r.artifact = artifact_name(r.precision)
-            if b.startswith("ort-"):
-                say(f"{b}: ONNX Runtime session for {r.artifact}")
-                runners[b] = ort_runner(directory / r.artifact, x, threads)
-                continue
-            if b in TARGET_BACKENDS:
-                entry = report.get("targets", {}).get(TARGET_BACKENDS[b], {}).get(r.precision)
-                if not entry or not entry["ok"]:  # a latency only for a file known right
-                    r.reason = (entry or {}).get("reason", f"no {TARGET_BACKENDS[b]} form")
-                    continue
-                r.artifact = entry["files"][0]
-                say(f"{b}: {entry['runtime']}: {r.artifact}")
-                runners[b] = (ov_runner(ov_compile(directory / r.artifact, threads, x.shape), x)
-                              if TARGET_BACKENDS[b] == "openvino" else
-                              ort_runner(directory / r.artifact, x, threads))
-                continue
-            try:
-                engine = _engine(directory, r.precision, batch, say)
-                r.artifact = engine.name
-                runners[b] = stack.enter_context(trt_runner(engine, x))
-            except DeployAttnError as exc:  # e.g. an engine built for another GPU
-                r.reason = str(exc)
+            if not results[b].reason:
+                call = _timed(b, results[b], exp, report, x, threads, batch, say, stack)
+                if call is not None:
+                    runners[b] = call
         bar = None
         if runners and progress:
             bar = progress_bar(len(runners) * (runs + warmup), f"bench {name}")
@@ -290,6 +265,36 @@ def bench(directory: str | Path, backends: Sequence[str] = DEFAULT_BACKENDS, bat
         results[b].latency = Latency.of(t, batch)
     return _result(name, batch, threads, runs, warmup, shape, results, t0, directory,
                    save)
+
+
+def _timed(b: str, r: BackendResult, exp, report: dict, x, threads: int, batch: int,
+           say: Progress, stack: contextlib.ExitStack) -> Callable[[], Any] | None:
+    """Backend ``b``'s timed call on ``x`` from its runner (a TensorRT runner is entered on
+    ``stack``); None, with ``r.reason`` set, where it cannot be timed."""
+    directory = exp.directory
+    if b == "torch":
+        say(f"torch: eager reference module, {threads} thread(s), inference_mode")
+        return TorchRunner(exp.card().module).timed(x)
+    r.artifact = artifact_name(r.precision)
+    if b.startswith("ort-"):
+        say(f"{b}: ONNX Runtime session for {r.artifact}")
+        return OrtRunner(directory / r.artifact, threads).timed(x)
+    if b in TARGET_BACKENDS:
+        fmt = TARGET_BACKENDS[b]
+        entry = report.get("targets", {}).get(fmt, {}).get(r.precision)
+        if not entry or not entry["ok"]:  # a latency only for a file known right
+            r.reason = (entry or {}).get("reason", f"no {fmt} form")
+            return None
+        r.artifact = entry["files"][0]
+        say(f"{b}: {entry['runtime']}: {r.artifact}")
+        return target_runner(fmt, directory / r.artifact, threads, x.shape).timed(x)
+    try:
+        engine = _engine(directory, r.precision, batch, say)
+        r.artifact = engine.name
+        return stack.enter_context(TensorRTRunner(engine)).timed(x)
+    except DeployAttnError as exc:  # e.g. an engine built for another GPU
+        r.reason = str(exc)
+        return None
 
 
 def _engine(directory: Path, precision: str, batch: int, say: Progress) -> Path:

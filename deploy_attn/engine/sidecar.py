@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core.errors import ArtifactError, ConfigError
 from ..core.files import file_sha256
-from ..runtime.tensorrt import engine_runner, require_tensorrt
+from ..runtime.tensorrt import TensorRTRunner, require_tensorrt
 
 ENV_KEYS = {"tensorrt": "TensorRT", "gpu": "GPU", "compute_capability": "compute capability"}
 
@@ -100,11 +100,16 @@ def check_inputs(record: Mapping[str, Any], inputs: Sequence[np.ndarray]) -> str
     return name
 
 
+def checked_runner(engine_path: str | Path, inputs: Sequence[np.ndarray],
+                   batch: int | None = None) -> TensorRTRunner:
+    """The engine's runner after the checks every run of it makes: its sidecar against
+    this machine's TensorRT and GPU, ``inputs`` against its optimization profile."""
+    check_inputs(check_sidecar(engine_path, current_environment(precision=None)), inputs)
+    return TensorRTRunner(engine_path, batch)
+
+
 def engine_outputs(engine_path: str | Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run the engine once per input array (after check_sidecar and a profile check);
-    the first output for each, copied to host memory."""
-    record = check_sidecar(engine_path, current_environment(precision=None))
-    check_inputs(record, inputs)
-    with engine_runner(engine_path) as run:
-        # the runner reuses its host buffers between calls: copy
-        return [np.array(next(iter(run(x).values())), copy=True) for x in inputs]
+    """Run the engine once per input array (after checked_runner's checks); the first
+    output for each, copied to host memory."""
+    with checked_runner(engine_path, inputs) as runner:
+        return [runner.run(x) for x in inputs]

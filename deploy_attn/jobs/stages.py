@@ -22,7 +22,7 @@ from ..precision.int8 import quantize_int8
 from ..precision.saturation import saturation_note, saturation_report
 from ..precision.sensitivity import auto_exclude, cosine_scorer, int8_sensitivity
 from ..runtime.backends import run_target
-from ..runtime.ort import graph_numerics, ort_outputs, ort_session, verification_runtime
+from ..runtime.ort import OrtRunner, graph_numerics, verification_runtime
 from ..runtime.pytorch import torch_outputs
 from ..sources import ModelCard
 from ..targets.cpu import RUNTIMES, TARGET_CPUS, TARGET_FORMS, write_target
@@ -190,7 +190,7 @@ def _auto_fp16_remainder(cfg: ExportConfig, checks: Checks, stage: Path, qdq: Pa
 def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precision: str,
                      stage: Path, report: dict, progress: Progress) -> str | None:
     """Stage model.<precision>.onnx if it meets its threshold (verified with the runtime
-    configuration parity.ort_session(verify=True) trusts); return a failure message
+    configuration OrtRunner(verify=True) trusts); return a failure message
     otherwise."""
     src, staged = stage / MODEL_FILE, stage / artifact_name(precision)
     tol = TOLERANCES[precision]
@@ -225,7 +225,7 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
         progress(f"{precision}: {saturation_note(details['saturation'])}")
     runtime = verification_runtime(staged)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")
-    result = compare(ort_outputs(ort_session(staged, verify=True), x), ref, tol,
+    result = compare(OrtRunner(staged, verify=True).run(x), ref, tol,
                      classifier=card.classifier)
     overflows = details.get("overflows", [])
     entry = {"file": staged.name, "tolerance": asdict(tol), "results": [result.as_dict()],

@@ -13,7 +13,7 @@ from ..engine.sidecar import engine_outputs
 from ..exportdir.reader import open_export
 from ..runtime.backends import run_target
 from ..runtime.openvino import openvino_missing
-from ..runtime.ort import graph_numerics, ort_outputs, ort_session, verification_runtime
+from ..runtime.ort import OrtRunner, graph_numerics, verification_runtime
 from ..runtime.pytorch import torch_outputs
 from ..targets.cpu import RUNTIMES
 from .stages import tolerance_for, trt_check_entry
@@ -38,7 +38,7 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
         # a TensorRT file's integer-kernel views depend on this CPU: shown, labelled, not claims
         kernels = {"qdq"} <= graph_numerics(path) and precision != "int8-cpu"
         try:
-            result = compare(ort_outputs(ort_session(path, verify=True), x),
+            result = compare(OrtRunner(path, verify=True).run(x),
                              ref, tol, classifier=card.classifier)
             runs = [("openvino", path)] if ov_missing is None else []
             runs += [(fmt, Path(directory) / forms[precision]["files"][0])
@@ -47,7 +47,7 @@ def verify_artifacts(directory: Path, progress: Progress = silent) -> dict:
                      and (fmt != "openvino" or ov_missing is None)]
             second = []
             if kernels:
-                r = compare(ort_outputs(ort_session(path), x), ref, tol,
+                r = compare(OrtRunner(path).run(x), ref, tol,
                             classifier=card.classifier)
                 second.append({"file": file, "runtime": runtime_isa("ONNX Runtime CPU"),
                                **r.as_dict(), "target": False})

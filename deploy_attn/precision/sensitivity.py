@@ -10,7 +10,7 @@ import onnx
 
 from ..core.numerics import compare
 from ..core.onnx_io import load_onnx
-from ..runtime.ort import ort_outputs, ort_session
+from ..runtime.ort import OrtRunner
 from .common import name_nodes
 from .int8 import leave_fp32, quantized_nodes
 
@@ -73,7 +73,7 @@ def cosine_scorer(reference_outputs: np.ndarray, inputs: np.ndarray) -> Callable
     """Cosine similarity of an ONNX file's outputs on ``inputs`` to ``reference_outputs``
     (in the runtime configuration the checks trust)."""
     def score(path: Path) -> float:
-        return compare(ort_outputs(ort_session(path, verify=True), inputs),
+        return compare(OrtRunner(path, verify=True).run(inputs),
                        reference_outputs).cosine
 
     return score

@@ -1,19 +1,19 @@
 """The backends by name, the CPU targets' runners, and the environment they run in."""
 from __future__ import annotations
 
-import functools
 import os
 import platform
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..core.cpu import cpu_isa
 from ..core.errors import ConfigError
 from ..core.files import library_versions
-from .openvino import ov_compile, ov_outputs
-from .ort import ort_outputs, ort_session
+from .base import Runner
+from .openvino import OpenVINORunner
+from .ort import OrtRunner
 from .tensorrt import gpu_name
 
 
@@ -65,17 +65,17 @@ def check_backends(backends: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(backends))
 
 
-def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
-    """The first output of ``path`` (an IR or ONNX file on OpenVINO, an ORT-format or
-    ONNX file on ONNX Runtime) on ``x``, in the configuration whose numerics the checks
-    trust."""
-    return target_runner(fmt, path)(x)
-
-
-def target_runner(fmt: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """``path`` loaded once (compiled, or in a session) for run_target's configuration:
-    a call from inputs to the first output."""
+def target_runner(fmt: str, path: Path, threads: int | None = None,
+                  shape: tuple[int, ...] | None = None) -> Runner:
+    """The runner of a CPU target's file (an IR or ONNX file on OpenVINO, an ORT-format or
+    ONNX file on ONNX Runtime). Without ``threads``: the configuration whose numerics the
+    checks trust; with them: as a deployment runs it, for timing (``shape`` fixes an
+    OpenVINO dynamic input)."""
     if fmt == "openvino":
-        return functools.partial(ov_outputs, ov_compile(path))
+        return OpenVINORunner(path, threads, shape)
+    return OrtRunner(path, threads, verify=not threads)
 
-    return functools.partial(ort_outputs, ort_session(path, verify=True))
+
+def run_target(fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of a CPU target's file on ``x``, as the checks run it."""
+    return target_runner(fmt, path).run(x)

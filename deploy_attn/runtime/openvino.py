@@ -1,13 +1,14 @@
-"""OpenVINO on the CPU: compiled models, batches, runners; a clear error when it is missing."""
+"""OpenVINO on the CPU: compiled models, batches, the runner; a clear error when it is missing."""
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..core.errors import ArtifactError, DeployAttnError, first_line
+from .base import Runner
 
 
 class OpenVINOUnavailable(DeployAttnError):
@@ -71,7 +72,26 @@ def ov_outputs(compiled, x: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(r[0]) for r in ov_batches(compiled, x)])
 
 
-def ov_runner(compiled, x: np.ndarray) -> Callable[[], object]:
-    """A zero-argument call that runs ``x`` on one infer request (for timing)."""
-    request = compiled.create_infer_request()
-    return lambda: request.infer({0: x})
+class OpenVINORunner(Runner):
+    """OpenVINO CPU on an IR or ONNX file, compiled once with ov_config(``threads``);
+    ``shape`` fixes a dynamic input to it first (ov_compile)."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None,
+                 shape: tuple[int, ...] | None = None):
+        self.path = Path(path)
+        self.compiled = ov_compile(path, threads, shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return ov_outputs(self.compiled, x)
+
+    def outputs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        runs = list(ov_batches(self.compiled, x))
+        return {n: np.concatenate([np.asarray(r[self.compiled.output(n)]) for r in runs])
+                for n in names}
+
+    def timed(self, x: np.ndarray) -> Callable[[], object]:
+        """``x`` on one infer request."""
+        request = self.compiled.create_infer_request()
+        return lambda: request.infer({0: x})

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..core.cpu import runtime_isa
 from ..core.errors import ArtifactError, first_line
 from ..core.onnx_io import load_onnx
+from .base import Runner
 
 
 def ort_session_options(threads: int | None = None, sequential: bool = False,
@@ -165,10 +166,27 @@ def ort_options(threads: int) -> dict:
             "allow_spinning": opts.get_session_config_entry("session.intra_op.allow_spinning")}
 
 
-def ort_runner(path: str | Path, x: np.ndarray, threads: int) -> Callable[[], Any]:
-    """An ONNX Runtime CPU session as a deployment would configure it: every graph
-    optimisation (fusions, NCHWc layouts, Q/DQ -> QLinear ops), a fixed intra-op thread
-    count, no inter-op parallelism."""
-    session = ort_session(path, threads, sequential=True)
-    feed = {session.get_inputs()[0].name: x}
-    return lambda: session.run(None, feed)
+class OrtRunner(Runner):
+    """ONNX Runtime CPU on an ONNX or ORT-format file, loaded once. With ``threads``: as a
+    deployment configures it (every graph optimisation: fusions, NCHWc layouts, Q/DQ ->
+    QLinear ops; that many intra-op threads, no inter-op parallelism). With ``verify``: the
+    configuration whose numerics the checks trust (verify_unoptimised). Neither: every
+    optimisation, ONNX Runtime's own thread choice."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = False):
+        self.path = Path(path)
+        self.session = ort_session(path, threads, sequential=bool(threads), verify=verify)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return ort_outputs(self.session, x)
+
+    def outputs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        order = [o.name for o in self.session.get_outputs()]
+        runs = list(ort_batches(self.session, x))
+        return {n: np.concatenate([r[order.index(n)] for r in runs]) for n in names}
+
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        feed = {self.session.get_inputs()[0].name: x}
+        return lambda: self.session.run(None, feed)

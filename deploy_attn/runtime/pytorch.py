@@ -1,4 +1,4 @@
-"""PyTorch: the reference's outputs and a timed runner."""
+"""PyTorch: the reference's outputs and its runner."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .base import Runner
 
 
 def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -17,8 +19,6 @@ def torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch.set_num_threads for the block, restored afterwards."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -27,15 +27,23 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def torch_runner(model, x: np.ndarray) -> Callable[[], Any]:
-    """Eager PyTorch under inference_mode (call inside ``torch_threads``)."""
-    import torch
+class TorchRunner(Runner):
+    """The PyTorch module in eval mode: ``run`` under no_grad; ``timed`` eager under
+    inference_mode (time it inside ``torch_threads``)."""
 
-    model = model.eval()
-    xt = torch.from_numpy(x)
+    runtime = "pytorch"
 
-    def run():
-        with torch.inference_mode():
-            return model(xt)
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
 
-    return run
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return torch_outputs(self.model, x)
+
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        xt = torch.from_numpy(x)
+
+        def call():
+            with torch.inference_mode():
+                return self.model(xt)
+
+        return call

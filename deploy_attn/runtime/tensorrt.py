@@ -4,11 +4,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from ..core.errors import DeployAttnError, first_line
+from .base import Runner
 
 DOCKER_BUILD_SCRIPT = "docker/build_engines.sh"  # wraps docker/compose.yaml's `engines`
 
@@ -58,18 +59,51 @@ def gpu_problem() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def engine_runner(engine_path: str | Path) -> Iterator[Callable[[np.ndarray], dict]]:
-    """A loaded engine (Polygraphy's TrtRunner) as ``run(x) -> outputs``: ``x`` is cast
-    to the engine's input type; outputs live in the runner's reused host buffers."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.datatype import DataType
+class TensorRTRunner(Runner):
+    """A TensorRT engine through Polygraphy's TrtRunner; the engine loads and the GPU is
+    taken on enter (``with TensorRTRunner(path) as runner``) and freed on exit. The input
+    is cast to the engine's input type. ``run(x)``: the first output, copied from the
+    runner's reused host buffers, in slices of ``batch`` when given; ``timed(x)``: host
+    input -> device -> host output, as an application calling it from NumPy would."""
 
-    with TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)))) as runner:
+    runtime = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, batch: int | None = None):
+        self.path, self.batch = Path(engine_path), batch
+        self._stack: contextlib.ExitStack | None = None
+        self._infer: Callable[[np.ndarray], dict] | None = None
+
+    def __enter__(self) -> "TensorRTRunner":
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.datatype import DataType
+
+        self._stack = contextlib.ExitStack()
+        runner = self._stack.enter_context(TrtRunner(EngineFromBytes(BytesFromPath(
+            str(self.path)))))
         name, meta = next(iter(runner.get_input_metadata(use_numpy_dtypes=False).items()))
         dtype = DataType.to_dtype(meta.dtype, "numpy")
-        yield lambda x: runner.infer({name: np.ascontiguousarray(x, dtype=dtype)})
+        self._infer = lambda x: runner.infer({name: np.ascontiguousarray(x, dtype=dtype)})
+        return self
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._infer = None
+
+    def infer(self, x: np.ndarray) -> dict:
+        """Every output on ``x``, in the runner's reused host buffers."""
+        if self._infer is None:
+            raise RuntimeError("enter the TensorRTRunner (a with block) before running it")
+        return self._infer(x)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        step = self.batch or len(x)
+        return np.concatenate([np.array(next(iter(self.infer(x[i:i + step]).values())),
+                                        copy=True) for i in range(0, len(x), step)])
+
+    def timed(self, x: np.ndarray) -> Callable[[], Any]:
+        return lambda: self.infer(x)
 
 
 # --- the environment the numbers belong to --------------------------------------------
@@ -77,11 +111,3 @@ def gpu_name() -> str | None:
     import torch
 
     return None if gpu_problem() else torch.cuda.get_device_name(torch.cuda.current_device())
-
-
-@contextlib.contextmanager
-def trt_runner(engine_path: Path, x: np.ndarray) -> Iterator[Callable[[], Any]]:
-    """A TensorRT engine run through Polygraphy's TrtRunner: host input -> device ->
-    host output, as an application calling it from NumPy would (copies included)."""
-    with engine_runner(engine_path) as run:
-        yield lambda: run(x)

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import onnx
 
-from ..runtime.ort import ort_runner
 from ..runtime.timing import interleaved_times, paired
 from ..graph.cpu_forms import apply_forms
 from ..core.onnx_io import load_onnx
 from ..core.numerics import seeded_inputs
 from ..core.console import Progress, silent
-from ..runtime.openvino import ov_compile, ov_runner
+from ..runtime.backends import target_runner
 from .cpu import REQUIRED_FORMS, SPEED_FORMS, write_ort
 
 HELPS = 1.03  # kept where the graph with it is at least 3 % faster (above timing noise)
@@ -30,13 +29,11 @@ BASE = "without"
 
 
 def _runner(fmt: str, path: Path, x, threads: int):
-    if fmt == "openvino":
-        return ov_runner(ov_compile(path, threads), x)
     if fmt == "ort":
         ort_file = path.with_suffix(".ort")
         write_ort(path, ort_file)
         path = ort_file
-    return ort_runner(path, x, threads)
+    return target_runner(fmt, path, threads).timed(x)
 
 
 def measure_forms(fmt: str, onnx_path: Path, input_shape: tuple[int, ...],
