@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import build
 from .core.files import write_json
+from .models import build
 from .registry import get_spec, list_models
 from .swaps import patch_for_deploy
 

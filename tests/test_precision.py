@@ -229,6 +229,28 @@ def test_auto_exclude_stops_at_the_target(tmp_path):
     assert auto_exclude(src, q, rows, score, target=top, base=base) == [rows[0]["node"]]
 
 
+def test_exclude_auto_in_the_export_meets_a_raised_target(tmp_path, monkeypatch):
+    """The export's ``--exclude auto``: with INT8's threshold raised above what the plain
+    quantization gives, the most sensitive node stays FP32 in both INT8 forms, each then
+    meets the raised threshold, and the report lists the node and the sensitivity."""
+    import dataclasses
+
+    plain = export("cpca", out_dir=tmp_path / "plain", precisions=("int8-fp32", "int8"),
+                   calib_count=8)
+    cosine = plain.report["precisions"]["int8-fp32"]["results"][0]["cosine"]
+    raised = dataclasses.replace(TOLERANCES["int8"], min_cosine=(1 + cosine) / 2)
+    monkeypatch.setitem(TOLERANCES, "int8", raised)
+    monkeypatch.setitem(TOLERANCES, "int8-fp32", raised)
+    auto = export("cpca", out_dir=tmp_path / "auto", precisions=("int8-fp32", "int8"),
+                  calib_count=8, exclude=("auto",))
+    for precision in ("int8-fp32", "int8"):
+        entry = auto.report["precisions"][precision]
+        assert entry["ok"] and entry["excluded_nodes"], entry["excluded_nodes"]
+        assert entry["results"][0]["cosine"] >= raised.min_cosine, (precision, cosine, entry)
+    rows = auto.report["precisions"]["int8-fp32"]["sensitivity"]
+    assert auto.report["precisions"]["int8-fp32"]["excluded_nodes"][0] == rows[0]["node"]
+
+
 def test_entropy_threshold_clips_outliers_not_the_distribution():
     """KL calibration on histograms of |x|: a uniform distribution keeps its full range,
     ten far outliers on a million normal samples are clipped (to about 5 sigma, not 50),

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ConfigError
-from ..registry import ATTENTION, BACKBONES
 from ..models import build
+from ..registry import ATTENTION, BACKBONES
 
 # Modules whose cost is quadratic in H*W (an HW x HW attention map): placed only where a
 # backbone's feature map is small (the UNet bridge), not in every block.

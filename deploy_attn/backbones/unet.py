@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers.conv import ConvBNAct
+from ..layers.conv import ConvBNAct, require
 from .common import GLOBAL_ATTENTION, kaiming_init, make_attention, register_backbone
-from ..layers.conv import require
 
 WIDTHS = (16, 32, 64, 128)
 BRIDGE = 256

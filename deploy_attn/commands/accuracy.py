@@ -27,8 +27,8 @@ from ..exportdir.layout import ACCURACY_FILE
 from ..exportdir.reader import open_export
 from ..exportdir.transaction import directory_lock
 from ..runtime.backends import TARGET_PREFIXES, target_runner
-from ..runtime.openvino import openvino_missing
 from ..runtime.base import Runner
+from ..runtime.openvino import openvino_missing
 from ..runtime.ort import OrtRunner
 from ..runtime.pytorch import TorchRunner, torch_outputs
 from ..runtime.tensorrt import TensorRTUnavailable, require_tensorrt

@@ -88,9 +88,12 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name (the one reader every module uses; strings decoded)."""
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+
 def attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            value = onnx.helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
+    """One attribute of a node, or ``default`` when it is not set."""
+    return attrs(node).get(name, default)

@@ -32,6 +32,7 @@ from typing import Callable
 import onnx
 from onnx import helper
 
+from ..core.onnx_io import attrs
 from .passes import apply_passes
 from .view import Graph, GraphPass, unique_name
 
@@ -43,16 +44,12 @@ UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRe
 BINARY = {"Add", "Sub", "Mul", "Div"}
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _reduce_axes(g: Graph, node: onnx.NodeProto) -> list[int] | None:
     """The normalised axes of a keepdims ReduceMean/ReduceMax of a 4-D input, or None."""
-    if node.op_type not in POOLS or _attrs(node).get("keepdims", 1) != 1:
+    if node.op_type not in POOLS or attrs(node).get("keepdims", 1) != 1:
         return None
     axes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    axes = axes.tolist() if axes is not None else _attrs(node).get("axes")
+    axes = axes.tolist() if axes is not None else attrs(node).get("axes")
     dims = g.dims.get(node.input[0])
     if axes is None or dims is None or len(dims) != 4:
         return None
@@ -102,18 +99,18 @@ def _positionwise(g: Graph, node: onnx.NodeProto, value: str) -> bool:
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # per tensor or per channel
         scale = g.const(node.input[1])
         return (node.input[0] == value and scale is not None and
-                (scale.size == 1 or _attrs(node).get("axis", 1) % 4 == 1))
+                (scale.size == 1 or attrs(node).get("axis", 1) % 4 == 1))
     if node.op_type in UNARY:
         return node.input[0] == value and all(g.const(i) is not None for i in node.input[1:]
                                               if i)
     if node.op_type == "BatchNormalization":
         return node.input[0] == value and len(node.output) == 1
     if node.op_type == "Conv":
-        a = _attrs(node)
+        a = attrs(node)
         weight = g.dims.get(node.input[1])
         return (node.input[0] == value and weight is not None and weight[2:] == [1, 1]
                 and set(a.get("strides", [1, 1])) == {1} and not any(a.get("pads", [0]))
-                and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+                and a.get("auto_pad", "NOTSET") == "NOTSET")
     if node.op_type in BINARY and value in node.input:
         other = [i for i in node.input if i != value]
         const = g.const(other[0]) if len(other) == 1 else None
@@ -157,7 +154,7 @@ def _copy(g: Graph, node: onnx.NodeProto, source: str, old: str, tag: str
 
 def _split_sizes(g: Graph, split: onnx.NodeProto) -> list[int] | None:
     sizes = g.const(split.input[1]) if len(split.input) > 1 and split.input[1] else None
-    sizes = sizes.tolist() if sizes is not None else _attrs(split).get("split")
+    sizes = sizes.tolist() if sizes is not None else attrs(split).get("split")
     return [int(s) for s in sizes] if sizes is not None else None
 
 
@@ -170,13 +167,13 @@ def unsplit(g: Graph) -> int:
         shapes = [g.dims.get(i) for i in inputs]
         if len(inputs) < 2 or any(s is None or len(s) != 4 for s in shapes):
             continue
-        axis = _attrs(concat)["axis"] % 4
+        axis = attrs(concat)["axis"] % 4
         sizes = [s[axis] for s in shapes]
         found = _chain(g, out, lambda n: n.op_type == "Split")
         if axis not in (2, 3) or found is None or not all(isinstance(s, int) for s in sizes):
             continue
         chain, split = found
-        if _attrs(split).get("axis", 0) % 4 != axis or _split_sizes(g, split) != sizes:
+        if attrs(split).get("axis", 0) % 4 != axis or _split_sizes(g, split) != sizes:
             continue
         new_nodes = []
         for k, (src, dst) in enumerate(zip(inputs, split.output)):
@@ -204,7 +201,7 @@ def unsplit(g: Graph) -> int:
 
 
 def _hw_swap(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Transpose" and _attrs(node).get("perm") == [0, 1, 3, 2]
+    return node.op_type == "Transpose" and attrs(node).get("perm") == [0, 1, 3, 2]
 
 
 def _cancel_transposes(g: Graph) -> int:
@@ -333,7 +330,7 @@ def quantized_concat(g: Graph) -> int:
         for i, name in enumerate(concat.input):
             out = unique_name(g, f"{name}_quantized")
             qs.append(helper.make_node("QuantizeLinear", [name, *q.input[1:]], [out],
-                                       name=out, **_attrs(q)))
+                                       name=out, **attrs(q)))
             concat.input[i] = out
         old = concat.output[0]
         concat.output[0] = q.output[0]

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper
 
 from ..core.files import atomic_path
-from ..core.onnx_io import load_onnx
+from ..core.onnx_io import attrs, load_onnx
 from .view import AppliedPass, Dim, Graph, GraphPass, unique_name
 
 
@@ -42,8 +42,8 @@ def _clip_bounds(g: Graph, clip: onnx.NodeProto) -> tuple[float | None, float | 
         lo = g.scalar(clip.input[1]) if clip.input[1] else None
         hi = g.scalar(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
         return lo, hi
-    attrs = {a.name: a.f for a in clip.attribute}
-    return attrs.get("min"), attrs.get("max")
+    values = attrs(clip)
+    return values.get("min"), values.get("max")
 
 
 def _other(g: Graph, node: onnx.NodeProto, value: float) -> str | None:
@@ -115,8 +115,8 @@ def _hard_sigmoid_of(g: Graph, name: str, reader: onnx.NodeProto
     if node is None or not g.private(name, reader):
         return None
     if node.op_type == "HardSigmoid":
-        attrs = {a.name: a.f for a in node.attribute}
-        ok = _is(attrs.get("alpha", 0.2), 1 / 6) and _is(attrs.get("beta", 0.5), 0.5)
+        values = attrs(node)
+        ok = _is(values.get("alpha", 0.2), 1 / 6) and _is(values.get("beta", 0.5), 0.5)
         return (node.input[0], [node]) if ok else None
     return _relu6_plus_3_over_6(g, node)
 
@@ -171,16 +171,16 @@ def _shape_values(g: Graph) -> dict[str, ShapeValue | Dim]:
 
     for node in g.graph.node:
         op, ins = node.op_type, [get(i) if i else None for i in node.input]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        values = attrs(node)
         out = None
         if op == "Shape" and node.input[0] in g.dims:
             dims = g.dims[node.input[0]]
-            start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+            start, end = values.get("start", 0), values.get("end", len(dims))
             out = dims[start:end]
         elif op in ("Cast", "Identity") and ins[0] is not None:
             out = ins[0]
         elif op == "Gather" and isinstance(ins[0], list) and ins[1] is not None \
-                and attrs.get("axis", 0) == 0:
+                and values.get("axis", 0) == 0:
             idx = ins[1]
             out = [ins[0][i] for i in idx] if isinstance(idx, list) else ins[0][idx]
         elif op == "Slice" and isinstance(ins[0], list) and all(

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.console import Progress, silent
 from ..core.errors import ParityError
 from ..core.files import write_json
-from ..exportdir.transaction import directory_lock
 from ..engine.build import build_engine
 from ..engine.config import DEFAULT_WORKSPACE_MIB, EngineConfig, engine_path_for
 from ..engine.sidecar import read_sidecar
-from ..runtime.tensorrt import require_tensorrt
 from ..exportdir.config import ExportConfig
 from ..exportdir.layout import REPORT_FILE, artifact_name
 from ..exportdir.reader import read_report
+from ..exportdir.transaction import directory_lock
+from ..runtime.tensorrt import require_tensorrt
 from .export import export_adding
 from .verify import engine_parity
-from ..core.console import Progress, silent
 
 if TYPE_CHECKING:
     from ..sources import ModelCard

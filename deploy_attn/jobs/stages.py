@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from ..core.onnx_io import load_onnx
 from ..exportdir.config import ExportConfig
 from ..exportdir.layout import MODEL_FILE, artifact_name
 from ..precision.calib import CalibData, calibration_data, verification_data
-from ..precision.common import name_nodes, tensor_ranges
+from ..precision.common import PrecisionArtifact, name_nodes, tensor_ranges
 from ..precision.cpu_int8 import quantize_int8_cpu
 from ..precision.fp16 import convert_fp16, fp16_remainder
 from ..precision.int8 import quantize_int8
@@ -135,17 +136,11 @@ def _qdq_fp32(cfg: ExportConfig, checks: Checks, stage: Path, dst: Path,
         scorer = cosine_scorer(ref, x)
         base = scorer(dst)
         if cfg.sensitivity or base < tol.min_cosine:
-            progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
-            rows = int8_sensitivity(src, dst, scorer, progress, base=base)
-            details["sensitivity"] = rows
-        if auto and base < tol.min_cosine:
-            def confirm(nodes: list[str]) -> float:  # the real artifact, re-quantized
-                nonlocal artifact
-                artifact = quantize_int8(src, dst, calib, cfg.calib_method, nodes,
-                                         cache_dir=stage)
-                return scorer(dst)
-
-            chosen = auto_exclude(src, dst, rows, scorer, tol.min_cosine, base, confirm=confirm)
+            details["sensitivity"] = _sensitivity(src, dst, scorer, progress, base)
+        if auto and base < tol.min_cosine:  # the real artifact, re-quantized in place
+            chosen, again = _exclude_auto(cfg, checks, stage, dst, dst,
+                                          details["sensitivity"], scorer, base, dst, progress)
+            artifact = artifact if again is None else again
             progress(f"int8 --exclude auto: {len(chosen)} node(s) left FP32")
     details.update(artifact.details)
     if details.get("note"):
@@ -160,31 +155,55 @@ def _auto_fp16_remainder(cfg: ExportConfig, checks: Checks, stage: Path, qdq: Pa
     FP16 remainder adds its rounding to INT8's), more of the most sensitive nodes stay
     unquantized, each candidate set confirmed on the derived FP16-remainder artifact
     itself; the details of the final quantization (empty when nothing changed)."""
-    src, target = stage / MODEL_FILE, TOLERANCES["int8"].min_cosine
     scorer = cosine_scorer(checks.ref, checks.verify.inputs)
     base = scorer(staged)
-    if base >= target:
+    if base >= TOLERANCES["int8"].min_cosine:
         return {}
+    src, done = stage / MODEL_FILE, set(qdq_details.get("excluded_nodes", []))
     rows = qdq_details.get("sensitivity")
     if rows is None:
-        progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
-        rows = int8_sensitivity(src, qdq, scorer, progress)
-    done = set(qdq_details.get("excluded_nodes", []))
-    rows = [r for r in rows if r["node"] not in done]
-    retry, artifact = stage / "qdq-fp32-auto.onnx", None
+        rows = _sensitivity(src, qdq, scorer, progress)
 
-    def confirm(nodes: list[str]) -> float:  # re-quantized, FP16 remainder derived again
-        nonlocal artifact
-        artifact = quantize_int8(src, retry, checks.calib, cfg.calib_method,
-                                 sorted(done) + nodes, cache_dir=stage)
-        fp16_remainder(retry, staged, checks.calib, checks.tensor_ranges(src),
+    def derive(requantized: Path) -> None:  # the FP16 remainder, derived again
+        fp16_remainder(requantized, staged, checks.calib, checks.tensor_ranges(src),
                        cfg.fp16_threshold)
-        return scorer(staged)
 
-    chosen = auto_exclude(src, qdq, rows, scorer, target, base, confirm=confirm)
+    chosen, artifact = _exclude_auto(cfg, checks, stage, qdq, stage / "qdq-fp32-auto.onnx",
+                                     rows, scorer, base, staged, progress, done, derive)
     progress(f"int8 --exclude auto: {len(done) + len(chosen)} node(s) left FP32 for the FP16 "
              "remainder")
     return artifact.details if artifact is not None else {}
+
+
+def _sensitivity(src: Path, qdq: Path, scorer: Callable[[Path], float], progress: Progress,
+                 base: float | None = None) -> list[dict]:
+    progress("int8: per-layer sensitivity (each quantized node alone left FP32)")
+    return int8_sensitivity(src, qdq, scorer, progress, base=base)
+
+
+def _exclude_auto(cfg: ExportConfig, checks: Checks, stage: Path, qdq: Path, dst: Path,
+                  rows: list[dict], scorer: Callable[[Path], float], base: float, scored: Path,
+                  progress: Progress, excluded: set[str] = frozenset(),
+                  derive: Callable[[Path], None] | None = None
+                  ) -> tuple[list[str], PrecisionArtifact | None]:
+    """--exclude auto: the most sensitive of ``rows`` (beyond ``excluded``) left FP32 until
+    INT8's threshold is met: candidates scored on ``qdq`` with them bypassed, then each set
+    re-quantized into ``dst``, turned into ``scored`` by ``derive`` (when given) and scored
+    there; the nodes chosen and the last quantization (None when none was tried)."""
+    src, artifact = stage / MODEL_FILE, None
+
+    def confirm(nodes: list[str]) -> float:
+        nonlocal artifact
+        artifact = quantize_int8(src, dst, checks.calib, cfg.calib_method,
+                                 sorted(excluded) + nodes, cache_dir=stage)
+        if derive is not None:
+            derive(dst)
+        return scorer(scored)
+
+    rows = [r for r in rows if r["node"] not in excluded]
+    chosen = auto_exclude(src, qdq, rows, scorer, TOLERANCES["int8"].min_cosine, base,
+                          confirm=confirm)
+    return chosen, artifact
 
 
 def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precision: str,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import onnx
 
-from .calib import CalibData
-from ..graph.cpu_forms import apply_forms
 from ..core.onnx_io import load_onnx
+from ..graph.cpu_forms import apply_forms
+from .calib import CalibData
 from .common import PrecisionArtifact, name_nodes, write_model
 from .int8 import static_qdq
 from .saturation import portable_weights

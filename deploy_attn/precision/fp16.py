@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..core.onnx_io import load_onnx, toposort
+from ..core.onnx_io import attr, load_onnx, toposort
 from ..graph.view import Graph
 from .calib import CalibData
 from .common import FP16_QDQ_OPSET, KeptNode, PrecisionArtifact, name_nodes, save_artifact, \
@@ -49,8 +49,7 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> int:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     outputs = {o.name for o in graph.output}
-    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node
-          if n.op_type == "Cast"}
+    to = {n.name: attr(n, "to", None) for n in graph.node if n.op_type == "Cast"}
     removed = set()
     for second in [n for n in graph.node if n.op_type == "Cast" and to[n.name] == TensorProto.FLOAT]:
         first = producer.get(second.input[0])
@@ -81,8 +80,7 @@ def fp16_overflows(model: onnx.ModelProto, ranges: dict[str, float]) -> list[str
     half = {v.name for v in inferred if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
     found = []
     for n in model.graph.node:
-        is_cast16 = n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16
-                                                for a in n.attribute)
+        is_cast16 = n.op_type == "Cast" and attr(n, "to", None) == TensorProto.FLOAT16
         # a tensor computed in FP16 keeps its FP32 name; a Cast to FP16 gets a new one
         for name in ([n.input[0]] if is_cast16 else [o for o in n.output if o in half]):
             peak = ranges.get(name, 0.0)

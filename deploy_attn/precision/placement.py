@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..graph.view import Graph
 from ..core.onnx_io import attr
+from ..graph.view import Graph
 
 MIN_CHANNELS = 16
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the weighted ops INT8 takes

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..core.onnx_io import attrs, load_onnx
 from ..graph.view import Graph
-from ..core.onnx_io import load_onnx
 from ..runtime.ort import ort_batches
 
 PAIR_BOUND = 128  # |w1| + |w2| <= this: 255 * 128 = 32640 fits int16
@@ -61,10 +61,6 @@ class QLayer:
         return self.node.op_type == "Conv" and self.w.shape[1] == 1 and self.group > 1
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def quantized_layers(g: Graph) -> list[QLayer]:
     """Every Conv/MatMul/Gemm whose activation and weights both come through
     DequantizeLinear, the weights from an INT8 constant."""
@@ -81,21 +77,21 @@ def quantized_layers(g: Graph) -> list[QLayer]:
             continue
         zero = g.const(x_dq.input[2]) if len(x_dq.input) > 2 and x_dq.input[2] else None
         zero = np.zeros((), np.uint8) if zero is None else zero
-        attrs = _attrs(node)
+        values = attrs(node)
         if node.op_type == "Gemm":
-            if attrs.get("transA"):
+            if values.get("transA"):
                 continue
-            w = w.T if attrs.get("transB") else w
+            w = w.T if values.get("transB") else w
         layers.append(QLayer(node, x_dq.input[0], float(g.const(x_dq.input[1]).reshape(-1)[0]),
                              int(zero.reshape(-1)[0]), zero.dtype, w_dq, w,
-                             int(attrs.get("group", 1))))
+                             int(values.get("group", 1))))
     return layers
 
 
 # --- emulation ----------------------------------------------------------------------------
 def _taps(u: np.ndarray, layer: QLayer, pad_value: int) -> tuple[list[np.ndarray], tuple]:
     """The shifted activation at each kernel tap, (N, C, Ho, Wo) each, and (Ho, Wo)."""
-    a = _attrs(layer.node)
+    a = attrs(layer.node)
     kh, kw = layer.w.shape[2:]
     sh, sw = a.get("strides", [1, 1])
     dh, dw = a.get("dilations", [1, 1])
@@ -357,7 +353,7 @@ def portable_weights(model: onnx.ModelProto) -> dict:
         w_new, f = _refit(layer.w, conv, scale.size > 1)
         changed += 1
         smallest = min(smallest, float(f.min()))
-        if layer.node.op_type == "Gemm" and _attrs(layer.node).get("transB"):
+        if layer.node.op_type == "Gemm" and attrs(layer.node).get("transB"):
             w_new = w_new.T
         _set_const(g, layer.w_dq, 0, w_new, uses)
         s = scale.astype(np.float64) / (f if scale.size > 1 else f[:1]).reshape(scale.shape)

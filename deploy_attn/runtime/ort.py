@@ -8,7 +8,7 @@ import numpy as np
 
 from ..core.cpu import runtime_isa
 from ..core.errors import ArtifactError, first_line
-from ..core.onnx_io import load_onnx
+from ..core.onnx_io import attr, load_onnx
 from .base import Runner
 
 
@@ -49,8 +49,7 @@ def graph_numerics(path: str | Path) -> set[str]:
     if (any(i.data_type == f16 for i in graph.initializer)
             or any(v.type.tensor_type.elem_type == f16 for v in (*graph.value_info,
                                                                   *graph.input, *graph.output))
-            or any(n.op_type == "Cast" and a.name == "to" and a.i == f16
-                   for n in graph.node for a in n.attribute)):
+            or any(n.op_type == "Cast" and attr(n, "to", None) == f16 for n in graph.node)):
         found.add("fp16")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         found.add("qdq")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import onnx
 
-from ..runtime.timing import interleaved_times, paired
-from ..graph.cpu_forms import apply_forms
-from ..core.onnx_io import load_onnx
-from ..core.numerics import seeded_inputs
 from ..core.console import Progress, silent
+from ..core.numerics import seeded_inputs
+from ..core.onnx_io import load_onnx
+from ..graph.cpu_forms import apply_forms
 from ..runtime.backends import target_runner
+from ..runtime.timing import interleaved_times, paired
 from .cpu import REQUIRED_FORMS, SPEED_FORMS, write_ort
 
 HELPS = 1.03  # kept where the graph with it is at least 3 % faster (above timing noise)
