@@ -275,9 +275,7 @@ def test_digits_ort_format_files_compute_as_their_graph(case, exported):
         if precision.startswith("int8"):
             own = _own_graph_cosine(exported, "ort", precision, x, ref)
         else:
-            onnx = report["parity"]["fp32"] if precision == "fp32" else report["precisions"][
-                precision]
-            own = onnx["results"][0]["cosine"]
+            own = report["precisions"][precision]["results"][0]["cosine"]
         assert entry["ok"] and abs(cosine - own) < allowed, (precision, cosine, own)
 
 

@@ -146,7 +146,7 @@ def test_every_backbone_exports(export_cache, name, dynamic):
 
 def _check_export(result, name, dynamic):
     report = result.report
-    parity = report["parity"]["fp32"]
+    parity = report["precisions"]["fp32"]
     assert parity["ok"], f"{name}: {parity['results']}"
     model = onnx.load(str(result.model_path))
     assert shape_ops(model) == []

@@ -24,7 +24,8 @@ def test_export_graph_and_parity(export_cache, name, dynamic):
     # recomputed from the file against a fresh reference model, not the job's own figures
     r = verify_artifacts(result.model_path.parent)["fp32"]
     assert r["ok"], f"{name}: FP32 max abs {r['max_abs']:.2e}, max rel {r['max_rel']:.2e}"
-    assert [r["batch"] for r in report["parity"]["fp32"]["results"]] == ([1, 4] if dynamic else [1])
+    assert [r["batch"] for r in report["precisions"]["fp32"]["results"]] == ([1, 4] if dynamic
+                                                                              else [1])
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert "Multinomial" not in ops
     assert shape_ops(model) == [], f"{name}: run-time shape arithmetic in the deploy graph"

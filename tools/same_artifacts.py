@@ -1,6 +1,7 @@
 """Same artifacts before and after a change: runs a fixed sample of exports with the package
 as it is at a git revision and as it is in the working tree, and compares every file byte
-for byte; JSON files are compared with the fields that record time and versions removed.
+for byte; JSON files are compared with the fields that record time and versions removed,
+and an export report in an older shape is first read as the working tree reads it.
 
     python3 tools/same_artifacts.py [REV]       (default REV: HEAD)
 
@@ -46,12 +47,20 @@ def _scrub(value):
     return value
 
 
+REPORTS = ("report.json", "export-failed.json")
+sys.path.insert(0, str(ROOT))
+from deploy_attn.exportdir.reader import upgrade_report  # noqa: E402  (this tree's reader)
+
+
 def digest(path: Path, checkout: Path, out: Path) -> str:
     """A file's sha256; a JSON file's with VOLATILE keys removed and the checkout's and the
     output's paths (a user module's file is recorded by path) written as placeholders."""
     data = path.read_bytes()
     if path.suffix == ".json":
-        text = json.dumps(_scrub(json.loads(data)), sort_keys=True)
+        value = json.loads(data)
+        if path.name in REPORTS:  # an older report shape, read as this tree reads it
+            value = upgrade_report(value, path)
+        text = json.dumps(_scrub(value), sort_keys=True)
         data = text.replace(str(out), "<out>").replace(str(checkout), "<checkout>").encode()
     return hashlib.sha256(data).hexdigest()
 

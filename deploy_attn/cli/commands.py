@@ -87,7 +87,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  - weights {card.weights.path}: {card.weights.describe()}", file=sys.stderr)
     result = export_job(card, cfg, progress=to_stderr)
     rep = result.report
-    for r in rep["parity"]["fp32"]["results"]:
+    for r in rep["precisions"]["fp32"]["results"]:
         _print_parity(f"parity fp32 batch {r['batch']}", r)
     nodes = rep["nodes"]
     rewrites = ", ".join([f"{a['source']}->{a['target']} x{a['count']}"
@@ -95,7 +95,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                          [f"{p['name']} x{p['count']}" for p in rep["rewrites"]["graph"]])
     print(f"nodes {nodes['total_before']} -> {nodes['total_after']} after graph passes and "
           f"simplify; rewrites: {rewrites or 'none'}")
-    for precision, entry in rep.get("precisions", {}).items():
+    for precision, entry in rep["precisions"].items():
+        if precision == "fp32":  # its batches, above
+            continue
         r = entry["results"][0]
         extra = (f"{len(entry['fp32_kept_nodes'])} nodes kept FP32" if precision == "fp16" else
                  f"{len(entry['float_nodes'])} nodes left float ({entry['method']})"
@@ -133,7 +135,7 @@ def cmd_export_all(args: argparse.Namespace) -> int:
         try:
             rep = export_job(load_source(name), ExportConfig(out_dir=args.root / name,
                                                              dynamic_batch=args.dynamic_batch)).report
-            worst = worst_result(rep["parity"]["fp32"]["results"])
+            worst = worst_result(rep["precisions"]["fp32"]["results"])
             row.update(status="ok", max_abs=f"{worst['max_abs']:.1e}",
                        cosine=f"{worst['cosine']:.6f}", nodes=rep["nodes"]["total_after"])
         except DeployAttnError as exc:

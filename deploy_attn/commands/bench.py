@@ -23,7 +23,7 @@ from ..engine.config import engine_path_for
 from ..engine.sidecar import check_sidecar, current_environment
 from ..exportdir.config import ExportConfig, config_from_report
 from ..exportdir.layout import BENCH_FILE, FAILED_REPORT, REPORT_FILE, artifact_name
-from ..exportdir.reader import open_export, read_report
+from ..exportdir.reader import open_export, read_report, upgrade_report
 from ..jobs.build import build_job
 from ..jobs.export import export_adding
 from ..precision.common import PRECISIONS
@@ -94,11 +94,11 @@ def _failed(report: dict | None, path: Path) -> dict[str, str]:
     means no artifact at all)."""
     if not report:
         return {}
-    fp32 = report.get("parity", {}).get("fp32", {})
-    if fp32 and not fp32.get("ok", True):
+    entries = upgrade_report(report, path).get("precisions") or {}
+    if not entries.get("fp32", {}).get("ok", True):
         return {p: f"the FP32 export failed its parity check; see {path}" for p in PRECISIONS}
     reasons = {}
-    for p, entry in (report.get("precisions") or {}).items():
+    for p, entry in entries.items():
         if not entry.get("ok", True):
             r = (entry.get("results") or [{}])[0]
             reasons[p] = (f"the {p} artifact failed its parity check in the last export "

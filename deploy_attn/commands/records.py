@@ -69,9 +69,6 @@ def worst_result(results: list[dict]) -> dict:
 
 def precision_entries(report: dict) -> dict[str, dict]:
     """precision -> its parity entry (results, tolerance, ok, details), FP32 included."""
-    entries = {}
-    if "parity" in report and "fp32" in report["parity"]:
-        entries["fp32"] = report["parity"]["fp32"]
-    entries.update(report.get("precisions", {}))
+    entries = report.get("precisions", {})
     return dict(sorted(entries.items(), key=lambda kv: PRECISIONS.index(kv[0])
                        if kv[0] in PRECISIONS else len(PRECISIONS)))

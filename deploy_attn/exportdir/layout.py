@@ -9,6 +9,9 @@ from ..sources import REFERENCE_STATE
 DEFAULT_ROOT = Path("export")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+# 2: FP32 is a precision like the others (report["precisions"]["fp32"]); 1 kept its parity
+# apart, as report["parity"]["fp32"] (read as 2 by exportdir.reader.upgrade_report)
+REPORT_VERSION = 2
 FAILED_REPORT = "export-failed.json"  # a failed run's report; the export itself is untouched
 # files an export owns: a new export replaces them all (engines and benchmarks belong to
 # the model they were made from)

@@ -10,10 +10,24 @@ from ..core.errors import ArtifactError
 from ..precision.calib import verification_data
 from ..sources import ModelCard, rebuild
 from .config import ExportConfig, config_from_report
-from .layout import FAILED_REPORT, REPORT_FILE
+from .layout import FAILED_REPORT, MODEL_FILE, REPORT_FILE, REPORT_VERSION
 
 
 # --- an export read back from its directory -----------------------------------------------------
+def upgrade_report(report: dict, where: str | Path) -> dict:
+    """``report`` in this version's shape (REPORT_VERSION): a version-1 report's FP32
+    parity becomes ``precisions["fp32"]``; a report newer than this version is refused."""
+    version = report.get("report_version", 1)
+    if not isinstance(version, int) or version > REPORT_VERSION:
+        raise ArtifactError(f"{where}: report version {version} is newer than this deploy-attn "
+                            f"reads ({REPORT_VERSION}); upgrade deploy-attn or export again")
+    if version < 2 and "parity" in report:
+        fp32 = {"file": report.get("files", {}).get("fp32", MODEL_FILE), **report["parity"]["fp32"]}
+        report = {k: v for k, v in report.items() if k != "parity"}
+        report["precisions"] = {"fp32": fp32, **report.get("precisions", {})}
+    return {"report_version": REPORT_VERSION, **report}
+
+
 def read_report(directory: Path) -> dict:
     """The report.json of an export directory; ArtifactError if it is missing or corrupt."""
     import json
@@ -22,6 +36,7 @@ def read_report(directory: Path) -> dict:
     try:
         report = json.loads(path.read_text())
         report["name"], report["config"], report["model"]
+        report = upgrade_report(report, path)
     except FileNotFoundError:
         failed = path.with_name(FAILED_REPORT)
         hint = f" (its last run failed: see {failed})" if failed.is_file() else ""

@@ -23,7 +23,8 @@ from ..core.files import library_versions, write_json
 from ..core.numerics import DEGENERATE, FP32, compare, input_dependence, seeded_inputs
 from ..core.onnx_io import load_onnx, op_counts, shape_ops
 from ..exportdir.config import ExportConfig, config_dict
-from ..exportdir.layout import FAILED_REPORT, MODEL_FILE, OWNED, REPORT_FILE, artifact_name
+from ..exportdir.layout import FAILED_REPORT, MODEL_FILE, OWNED, REPORT_FILE, REPORT_VERSION, \
+    artifact_name
 from ..exportdir.reader import open_export
 from ..exportdir.transaction import STAGING_PREFIX, directory_lock, publish, staging_dir
 from ..graph.export import INPUT_NAME, OUTPUT_NAME, export_onnx
@@ -62,7 +63,8 @@ def export_job(card: ModelCard, cfg: ExportConfig, progress: Progress = silent) 
         require_openvino()
     out = _prepare(cfg.directory(card))
 
-    report: dict = {"name": card.name, "kind": card.kind, "paper": card.paper,
+    report: dict = {"report_version": REPORT_VERSION, "name": card.name, "kind": card.kind,
+                    "paper": card.paper,
                     "model": card.record(), "config": config_dict(cfg), "cpu": cpu_isa()}
     with directory_lock(out), staging_dir(out) as stage:
         try:
@@ -162,8 +164,9 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
                                         [(b,) + tuple(shape[1:]) for b in batches],
                                         classifier=card.classifier)
     ok = all(r.ok for r in results)
-    report["parity"] = {"fp32": {"tolerance": asdict(tol), "reference_fp32_rounding": rounding,
-                                 "results": [r.as_dict() for r in results], "ok": ok}}
+    report["precisions"] = {"fp32": {"file": MODEL_FILE, "tolerance": asdict(tol),
+                                     "reference_fp32_rounding": rounding,
+                                     "results": [r.as_dict() for r in results], "ok": ok}}
     report["versions"] = library_versions()
     report["files"] = {"fp32": MODEL_FILE} if ok else {}
     if not ok:
