@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+import torch.nn as nn
+
 from ..checks.drift import map_index
 from ..checks.parity import check_onnx
 from ..core.console import Progress, silent
@@ -110,73 +112,24 @@ def _prepare(out: Path) -> Path:
 
 def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dict,
          progress: Progress) -> None:
-    """Every stage of the job, each file into ``stage``, ``report`` filled as it goes;
-    published into ``out`` at the end."""
-    shape = card.input_shape
+    """Every step of the job, each file into ``stage`` and each step's section into
+    ``report`` as it goes; published into ``out`` at the end."""
     t0 = time.perf_counter()
-    progress(f"build {card.label()} {list(shape)}")
+    progress(f"build {card.label()} {list(card.input_shape)}")
     stages = sorted({p for p in cfg.precisions if p != "fp32"}, key=PRECISIONS.index)
     checks = make_checks(cfg, card) if stages else None  # bad calibration input fails here
-    deploy, applied = patch_for_deploy(card.module, approximate=cfg.approximate)
-    x = seeded_inputs(shape)
-    rewrite_error = compare(torch_outputs(deploy, x), torch_outputs(card.module, x), FP32)
-    save_reference_state(card, stage)
-    dependence = input_dependence(torch_outputs(card.module, seeded_inputs((4,) + shape[1:])))
-    if dependence < DEGENERATE:
-        progress(f"note: the reference's output hardly depends on its input (spread "
-                 f"{dependence:.1e} of its size over 4 inputs), so every parity check below "
-                 "passes easily; give trained weights (--weights) for figures that mean "
-                 "something")
-    report.update({
-        "model": card.record(),
-        "input_shape": list(shape), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "opset": cfg.opset,
-        "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
-        if cfg.dynamic_batch else {},
-        "reference": {"input_dependence": dependence, "degenerate": dependence < DEGENERATE},
-        "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
-                     "deploy_vs_reference_torch": rewrite_error.as_dict()},
-    })
-    raw, passed = stage / "raw.onnx", stage / "passes.onnx"
-    progress(f"export opset {cfg.opset}{' dynamic batch' if cfg.dynamic_batch else ''}")
-    export_onnx(deploy, shape, raw, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
-    progress("graph passes (hard activations, static shapes)")
-    report["rewrites"]["graph"] = [p.as_dict() for p in rewrite_onnx(raw, passed)]
-    final = stage / MODEL_FILE
-    if cfg.simplify:
-        progress("simplify (onnxsim)")
-        simplify_onnx(passed, final)
-    else:
-        passed.replace(final)
-        passed = final
-    exported, after = load_onnx(raw, check=False), load_onnx(final, check=False)
-    report["nodes"] = {"before_simplify": op_counts(exported), "after_simplify": op_counts(after),
-                       "total_before": len(exported.graph.node),
-                       "total_after_passes": len(load_onnx(passed, check=False).graph.node),
-                       "total_after": len(after.graph.node)}
-    report["attention_maps"] = map_index(exported, declared_maps(deploy), after)
-    raw.unlink()
-    report["shape_ops"] = shape_ops(after)
-
-    batches = [1, 4] if cfg.dynamic_batch else [1]
-    progress(f"parity vs PyTorch (ONNX Runtime CPU, batch {', '.join(map(str, batches))})")
-    results, tol, rounding = check_onnx(final, card.module,
-                                        [(b,) + tuple(shape[1:]) for b in batches],
-                                        classifier=card.classifier)
-    ok = all(r.ok for r in results)
-    report["precisions"] = {"fp32": {"file": MODEL_FILE, "tolerance": asdict(tol),
-                                     "reference_fp32_rounding": rounding,
-                                     "results": [r.as_dict() for r in results], "ok": ok}}
-    report["versions"] = library_versions()
-    report["files"] = {"fp32": MODEL_FILE} if ok else {}
-    if not ok:
-        raise ParityError(f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond "
-                          f"atol {tol.atol:.3g} / rtol {tol.rtol:g} (max abs "
-                          f"{max(r.max_abs for r in results):.3g}, max rel "
-                          f"{max(r.max_rel for r in results):.3g})")
+    deploy, section = _deploy_step(card, cfg, stage, progress)
+    report.update(section)
+    report["rewrites"]["graph"] = _passes_step(card, cfg, deploy, stage, progress)
+    final, section = _simplify_step(cfg, deploy, stage, progress)
+    report.update(section)
+    section, failure = _fp32_step(card, cfg, final, progress)
+    report.update(section)
+    if failure:
+        raise ParityError(failure)
     report["trt_check"] = {"fp32": trt_check_entry(final)}
     if cfg.target_forms == "measure":
-        report["target_forms"] = measured_forms(cfg, final, shape, progress)
+        report["target_forms"] = measured_forms(cfg, final, card.input_shape, progress)
     missed = []
     for precision in stages:
         failure = precision_stage(cfg, card, checks, precision, stage, report, progress)
@@ -196,6 +149,88 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
     if card.source["kind"] == "object":
         files.append(REFERENCE_STATE)
     publish(stage, out, files, REPORT_FILE, lambda name: bool(OWNED.match(name)))
+
+
+def _deploy_step(card: ModelCard, cfg: ExportConfig, stage: Path,
+                 progress: Progress) -> tuple[nn.Module, dict]:
+    """The deploy twin of the reference (the swap table), the reference's weights saved
+    beside the export where it has no other source, and the report's section on both."""
+    shape = card.input_shape
+    deploy, applied = patch_for_deploy(card.module, approximate=cfg.approximate)
+    x = seeded_inputs(shape)
+    rewrite_error = compare(torch_outputs(deploy, x), torch_outputs(card.module, x), FP32)
+    save_reference_state(card, stage)
+    dependence = input_dependence(torch_outputs(card.module, seeded_inputs((4,) + shape[1:])))
+    if dependence < DEGENERATE:
+        progress(f"note: the reference's output hardly depends on its input (spread "
+                 f"{dependence:.1e} of its size over 4 inputs), so every parity check below "
+                 "passes easily; give trained weights (--weights) for figures that mean "
+                 "something")
+    return deploy, {
+        "model": card.record(),
+        "input_shape": list(shape), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+        "opset": cfg.opset,
+        "dynamic_axes": {INPUT_NAME: {"0": "batch"}, OUTPUT_NAME: {"0": "batch"}}
+        if cfg.dynamic_batch else {},
+        "reference": {"input_dependence": dependence, "degenerate": dependence < DEGENERATE},
+        "rewrites": {"applied": summarize(applied), "approximate_enabled": cfg.approximate,
+                     "deploy_vs_reference_torch": rewrite_error.as_dict()},
+    }
+
+
+def _passes_step(card: ModelCard, cfg: ExportConfig, deploy: nn.Module, stage: Path,
+                 progress: Progress) -> list[dict]:
+    """PyTorch -> ONNX (``raw.onnx``) -> the graph passes (``passes.onnx``): the passes
+    applied, the report's ``rewrites.graph``."""
+    raw, passed = stage / "raw.onnx", stage / "passes.onnx"
+    progress(f"export opset {cfg.opset}{' dynamic batch' if cfg.dynamic_batch else ''}")
+    export_onnx(deploy, card.input_shape, raw, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
+    progress("graph passes (hard activations, static shapes)")
+    return [p.as_dict() for p in rewrite_onnx(raw, passed)]
+
+
+def _simplify_step(cfg: ExportConfig, deploy: nn.Module, stage: Path,
+                   progress: Progress) -> tuple[Path, dict]:
+    """onnxsim on the passes' graph: model.onnx in ``stage`` and the report's section on
+    the graph (node counts, the attention-map index, shape ops)."""
+    raw, passed, final = stage / "raw.onnx", stage / "passes.onnx", stage / MODEL_FILE
+    if cfg.simplify:
+        progress("simplify (onnxsim)")
+        simplify_onnx(passed, final)
+    else:
+        passed.replace(final)
+        passed = final
+    exported, after = load_onnx(raw, check=False), load_onnx(final, check=False)
+    section = {
+        "nodes": {"before_simplify": op_counts(exported), "after_simplify": op_counts(after),
+                  "total_before": len(exported.graph.node),
+                  "total_after_passes": len(load_onnx(passed, check=False).graph.node),
+                  "total_after": len(after.graph.node)},
+        "attention_maps": map_index(exported, declared_maps(deploy), after)}
+    raw.unlink()
+    section["shape_ops"] = shape_ops(after)
+    return final, section
+
+
+def _fp32_step(card: ModelCard, cfg: ExportConfig, final: Path,
+               progress: Progress) -> tuple[dict, str | None]:
+    """FP32 parity of model.onnx against PyTorch: the report's section (FP32 the first
+    precision; the files, empty when it fails) and the failure, if any."""
+    batches = [1, 4] if cfg.dynamic_batch else [1]
+    progress(f"parity vs PyTorch (ONNX Runtime CPU, batch {', '.join(map(str, batches))})")
+    results, tol, rounding = check_onnx(final, card.module,
+                                        [(b,) + tuple(card.input_shape[1:]) for b in batches],
+                                        classifier=card.classifier)
+    ok = all(r.ok for r in results)
+    section = {"precisions": {"fp32": {"file": MODEL_FILE, "tolerance": asdict(tol),
+                                       "reference_fp32_rounding": rounding,
+                                       "results": [r.as_dict() for r in results], "ok": ok}},
+               "versions": library_versions(), "files": {"fp32": MODEL_FILE} if ok else {}}
+    failure = None if ok else (
+        f"{card.name}: ONNX Runtime FP32 output differs from PyTorch beyond atol "
+        f"{tol.atol:.3g} / rtol {tol.rtol:g} (max abs {max(r.max_abs for r in results):.3g}, "
+        f"max rel {max(r.max_rel for r in results):.3g})")
+    return section, failure
 
 
 def _unchanged(out: Path) -> str:
