@@ -24,6 +24,7 @@ from onnx import TensorProto, numpy_helper
 
 from ..core.errors import ArtifactError
 from ..core.onnx_io import attr, load_onnx, most_frequent_first
+from ..graph.view import constant_value
 
 MATRIX_FILE = "trt_onnx_ops_10.16.json"
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -220,11 +221,7 @@ class _GraphInfo:
             if node.op_type == "Identity":
                 return self.value(node.input[0])
             if node.op_type == "Constant" and node.attribute:
-                attr = node.attribute[0]
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-                if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    return np.asarray(onnx.helper.get_attribute_value(attr))
+                return constant_value(node)
         except Exception:  # noqa: BLE001 - external data not loaded, odd encodings
             return None
         return None

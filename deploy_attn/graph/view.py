@@ -30,6 +30,17 @@ class AppliedPass:
         return asdict(self)
 
 
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value a Constant node holds (``value``, or one of the numeric ``value_*``
+    attributes), else None."""
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            return np.array(helper.get_attribute_value(a))
+    return None
+
+
 class Graph:
     """An ONNX graph with producer/consumer indexes, constants and symbolic shapes."""
 
@@ -71,13 +82,7 @@ class Graph:
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
         node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    return np.array(helper.get_attribute_value(a))
-        return None
+        return constant_value(node) if node is not None and node.op_type == "Constant" else None
 
     def scalar(self, name: str) -> float | None:
         value = self.const(name)

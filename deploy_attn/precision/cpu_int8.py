@@ -29,6 +29,7 @@ import onnx
 
 from ..core.onnx_io import load_onnx
 from ..graph.cpu_forms import apply_forms
+from ..graph.view import Graph
 from .calib import CalibData
 from .common import PrecisionArtifact, name_nodes, write_model
 from .int8 import static_qdq
@@ -51,10 +52,7 @@ def gate_paths(model: onnx.ModelProto) -> list[str]:
     to a few levels (MHSA's softmax over 1024 positions, cosine 0.91); in FP32 both stay
     above 0.9999. ONNX Runtime quantizes a tensor whenever any consumer is quantized, so
     the whole path has to be excluded, not the gate alone."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = Graph(model).consumers
     keep: dict[str, None] = {}
     todo = [n for n in model.graph.node if n.op_type in GATES]
     while todo:
@@ -77,7 +75,7 @@ def quantize_int8_cpu(src: str | Path, dst: str | Path, calib: CalibData,
     FP32 (gate_paths). ``portable`` refits the weights to the 8-bit pair bound
     (saturation.portable_weights), so x86 CPUs without VNNI compute what VNNI CPUs do;
     ``reduce_range`` (7-bit weights) does the same at a higher accuracy cost. ``forms``
-    (forms.FORMS names) are applied to the FP32 graph first, so the graph quantized is the
+    (graph/cpu_forms.FORMS names) are applied to the FP32 graph first, so the graph quantized is the
     one ONNX Runtime's CPU target runs (calibration then measures its tensors)."""
     model = load_onnx(src)
     applied = apply_forms(model, forms) if forms else {}

@@ -42,13 +42,8 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> int:
     """Remove Cast(FP32->FP16) -> Cast(FP16->FP32) between two FP32 islands: the converter
     inserts them at every island boundary, and the round trip through FP16 would
     overflow exactly the values the islands exist to keep (e.g. CAM's energies)."""
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output}
+    g = Graph(model)
+    graph, producer, consumers, outputs = g.graph, g.producer, g.consumers, g.outputs
     to = {n.name: attr(n, "to", None) for n in graph.node if n.op_type == "Cast"}
     removed = set()
     for second in [n for n in graph.node if n.op_type == "Cast" and to[n.name] == TensorProto.FLOAT]:
