@@ -13,6 +13,7 @@ from ..commands.bench import bench
 from ..commands.maps import maps_job
 from ..commands.records import worst_result
 from ..commands.report import write_report
+from ..commands.triton import write_repository
 from ..core.console import format_table, to_stderr
 from ..core.cpu import isa_line
 from ..core.errors import DeployAttnError
@@ -275,6 +276,20 @@ def cmd_maps(args: argparse.Namespace) -> int:
         figures = len({s["figure"] for s in result.sites})
         print(f"wrote {directory / MAPS_FILE} and {figures} figures under "
               f"{directory / MAPS_DIR}/ ({result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    directory = export_directory(args.target, None)
+    result = write_repository(directory, args.output, name=args.name, backends=args.backend,
+                              max_batch=args.max_batch, storage_uri=args.storage_uri,
+                              progress=to_stderr)
+    print(result.table())
+    for line in result.skipped:
+        print(f"not served: {line}")
+    print(f"wrote {len(result.models)} models to {result.repository} (and its "
+          "inferenceservice.yaml); serve it: tritonserver --model-repository "
+          f"{result.repository.resolve()}")
     return 0
 
 

@@ -5,15 +5,17 @@ import argparse
 from pathlib import Path
 
 from ..commands.accuracy import MAX_DROP
+from ..commands.triton import BACKENDS as TRITON_BACKENDS
 from ..core import __version__
 from ..core.errors import ConfigError
+from ..engine.config import DEFAULT_BATCH_RANGE
 from ..graph.export import DEFAULT_OPSET, check_opset
 from ..precision.common import CALIB_METHODS, TENSORRT_PRECISIONS
 from ..precision.fp16 import AUTOCAST_MAX
 from ..runtime.backends import DEFAULT_BACKENDS
 from ..sources import TASKS, USER_CHANNELS, USER_INPUT_SIZE
 from .commands import cmd_accuracy, cmd_bench, cmd_build, cmd_check, cmd_export, cmd_export_all, \
-    cmd_list, cmd_maps, cmd_report
+    cmd_list, cmd_maps, cmd_report, cmd_triton
 
 DESCRIPTION = "``deploy-attn``: thin subcommands that parse, call a stage, and print."
 
@@ -211,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="segmentation: the mask value of void pixels, left out")
     ac.add_argument("--json", action="store_true", help="print the result as JSON")
     ac.set_defaults(func=cmd_accuracy)
+
+    tr = sub.add_parser("triton", help="a Triton model repository (and a KServe manifest) from "
+                                       "an export's verified artifacts")
+    tr.add_argument("target", metavar="DIR|NAME", help="an export directory, or a registry "
+                                                        "name exported under export/")
+    tr.add_argument("-o", "--output", type=Path, required=True, metavar="REPO",
+                    help="the model repository to write (new, empty, or one this wrote)")
+    tr.add_argument("--name", help="model name prefix (default: the export's name)")
+    tr.add_argument("--backend", type=_csv, default=list(TRITON_BACKENDS),
+                    metavar="B[,B]", help=f"backends to serve on: {', '.join(TRITON_BACKENDS)} "
+                                          "(default: all)")
+    tr.add_argument("--max-batch", type=POSITIVE, default=DEFAULT_BATCH_RANGE[2],
+                    help="max_batch_size of a dynamic-batch export's CPU models (engines: "
+                         "their profile's maximum)")
+    tr.add_argument("--storage-uri", help="storageUri of the KServe InferenceService (default: "
+                                          "a pvc:// placeholder)")
+    tr.set_defaults(func=cmd_triton)
 
     mp = sub.add_parser("maps", help="attention maps of every artifact beside PyTorch's",
                         description="For every attention site and every artifact: the map's "

@@ -42,17 +42,18 @@ def ov_config(threads: int | None = None) -> dict:
 
 
 def ov_compile(path: str | Path, threads: int | None = None,
-               shape: tuple[int, ...] | None = None):
-    """An OpenVINO CPU compiled model of an ONNX file or an IR, with ov_config; ``shape``
-    fixes a dynamic input to it first (as a deployment at one batch size compiles: OpenVINO
-    runs a dynamic shape several times slower)."""
+               shape: tuple[int, ...] | None = None, config: dict | None = None):
+    """An OpenVINO CPU compiled model of an ONNX file or an IR, with ov_config (``config``:
+    another deployment's settings instead); ``shape`` fixes a dynamic input to it first
+    (as a deployment at one batch size compiles: OpenVINO runs a dynamic shape several
+    times slower)."""
     ov = require_openvino()
     try:
         core = ov.Core()
         model = core.read_model(str(path))
         if shape is not None and model.inputs[0].get_partial_shape().is_dynamic:
             model.reshape({0: ov.PartialShape(list(shape))})
-        return core.compile_model(model, "CPU", ov_config(threads))
+        return core.compile_model(model, "CPU", ov_config(threads) if config is None else config)
     except Exception as exc:
         first = first_line(exc)
         raise ArtifactError(f"{path}: OpenVINO cannot compile it: {first}") from None
@@ -73,15 +74,16 @@ def ov_outputs(compiled, x: np.ndarray) -> np.ndarray:
 
 
 class OpenVINORunner(Runner):
-    """OpenVINO CPU on an IR or ONNX file, compiled once with ov_config(``threads``);
-    ``shape`` fixes a dynamic input to it first (ov_compile)."""
+    """OpenVINO CPU on an IR or ONNX file, compiled once with ov_config(``threads``), or
+    with another deployment's ``config``; ``shape`` fixes a dynamic input to it first
+    (ov_compile)."""
 
     runtime = "openvino"
 
     def __init__(self, path: str | Path, threads: int | None = None,
-                 shape: tuple[int, ...] | None = None):
+                 shape: tuple[int, ...] | None = None, config: dict | None = None):
         self.path = Path(path)
-        self.compiled = ov_compile(path, threads, shape)
+        self.compiled = ov_compile(path, threads, shape, config)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return ov_outputs(self.compiled, x)

@@ -95,17 +95,19 @@ def verify_unoptimised(numerics: set[str], cpu_file: bool) -> bool:
 
 
 def ort_session(path: str | Path, threads: int | None = None, sequential: bool = False,
-                profile_prefix: str | Path | None = None, verify: bool = False):
-    """A CPU session on ``path`` with ort_session_options; a file ORT cannot load is an
-    ArtifactError. ``verify``: the configuration whose numerics the checks trust
-    (verify_unoptimised)."""
+                profile_prefix: str | Path | None = None, verify: bool = False,
+                options=None):
+    """A CPU session on ``path`` with ort_session_options (``options``: another
+    deployment's SessionOptions instead); a file ORT cannot load is an ArtifactError.
+    ``verify``: the configuration whose numerics the checks trust (verify_unoptimised)."""
     import onnxruntime as ort
 
-    opts = ort_session_options(threads, sequential, profile_prefix)
+    opts = ort_session_options(threads, sequential, profile_prefix) if options is None \
+        else options
     # an ORT-format file's numerics are those of the ONNX file it was converted from
     onnx_path = Path(path) if Path(path).suffix != ".ort" else Path(path).with_suffix(".onnx")
     numerics = graph_numerics(onnx_path) if onnx_path.is_file() else set()
-    disabled = disabled_optimizers(numerics)
+    disabled = disabled_optimizers(numerics) if options is None else []
     if verify and verify_unoptimised(numerics, onnx_path != Path(path)):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif onnx_path != Path(path):
@@ -170,13 +172,16 @@ class OrtRunner(Runner):
     deployment configures it (every graph optimisation: fusions, NCHWc layouts, Q/DQ ->
     QLinear ops; that many intra-op threads, no inter-op parallelism). With ``verify``: the
     configuration whose numerics the checks trust (verify_unoptimised). Neither: every
-    optimisation, ONNX Runtime's own thread choice."""
+    optimisation, ONNX Runtime's own thread choice. ``options``: another deployment's
+    SessionOptions, as they are."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = False):
+    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = False,
+                 options=None):
         self.path = Path(path)
-        self.session = ort_session(path, threads, sequential=bool(threads), verify=verify)
+        self.session = ort_session(path, threads, sequential=bool(threads), verify=verify,
+                                   options=options)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return ort_outputs(self.session, x)
