@@ -171,16 +171,16 @@ def _shape_values(g: Graph) -> dict[str, ShapeValue | Dim]:
 
     for node in g.graph.node:
         op, ins = node.op_type, [get(i) if i else None for i in node.input]
-        values = attrs(node)
+        node_attrs = attrs(node)
         out = None
         if op == "Shape" and node.input[0] in g.dims:
             dims = g.dims[node.input[0]]
-            start, end = values.get("start", 0), values.get("end", len(dims))
+            start, end = node_attrs.get("start", 0), node_attrs.get("end", len(dims))
             out = dims[start:end]
         elif op in ("Cast", "Identity") and ins[0] is not None:
             out = ins[0]
         elif op == "Gather" and isinstance(ins[0], list) and ins[1] is not None \
-                and values.get("axis", 0) == 0:
+                and node_attrs.get("axis", 0) == 0:
             idx = ins[1]
             out = [ins[0][i] for i in idx] if isinstance(idx, list) else ins[0][idx]
         elif op == "Slice" and isinstance(ins[0], list) and all(
