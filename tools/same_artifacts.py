@@ -21,8 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The sample: a registry model through every precision and CPU target, its dynamic-batch
-# export, the user-module path with FP16 and INT8, and a segmentation model's INT8.
+# The sample: a registry model through every precision and CPU target, a dynamic-batch
+# export, the user-module path with FP16 and INT8, a segmentation model's INT8, and a
+# foreign module whose export the graph passes rewrite.
 SAMPLE = {
     "registry": ["mobilenetv2_ca", "--input-size", "64", "64",
                  "--precision", "fp16,int8,int8-cpu", "--format", "openvino,ort,onnx-cpu"],
@@ -32,6 +33,10 @@ SAMPLE = {
              "--precision", "fp16,int8", "--format", "openvino,onnx-cpu"],
     "segmentation": ["unet_cbam", "--channels", "1", "--input-size", "32", "32",
                      "--num-classes", "11", "--precision", "int8", "--format", "openvino"],
+    # the official CA code as written (x.size(), expand(-1, -1, h, w)) with a dynamic
+    # batch: the graph passes' static_shapes and expand_before_broadcast have work to do
+    "foreign": ["tests/foreign_models.py:OfficialMBV2CA", "--input-size", "64", "64",
+                "--dynamic-batch", "--precision", "fp16"],
 }
 
 # Keys whose values record when, how long, or with which library versions a run happened.
