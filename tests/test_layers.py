@@ -64,3 +64,21 @@ def test_no_module_is_over_the_limit():
     long = {str(p.relative_to(ROOT)): n for p in _modules()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+ZOO = ("deploy_attn.attention", "deploy_attn.backbones", "deploy_attn.registry",
+       "deploy_attn.models", "deploy_attn.swaps")
+
+
+def test_the_only_import_circle_is_the_zoos_self_registration():
+    """Every module in an import circle is part of the zoo registering itself (registry's
+    lazy loader <-> attention and backbones; the swap table <-> the deploy twins): no
+    circle runs through the pipeline's layers."""
+    import grimp
+
+    graph = grimp.build_graph("deploy_attn", cache_dir=None)
+    circular = sorted(m for m in graph.modules if any(
+        graph.find_shortest_chain(importer=d, imported=m)
+        for d in graph.find_modules_directly_imported_by(m) if d != m))
+    outside = [m for m in circular if not m.startswith(ZOO)]
+    assert circular and not outside, outside
