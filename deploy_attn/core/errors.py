@@ -39,7 +39,6 @@ def first_line(exc: BaseException) -> str:
     return (text.splitlines() or [type(exc).__name__])[0]
 
 
-# --- building ------------------------------------------------------------------------------
 def typed_first_line(exc: BaseException) -> str:
     """``Type: first line`` of a third-party exception (the type alone if it has no message)."""
     first, kind = first_line(exc), type(exc).__name__

@@ -77,7 +77,7 @@ class ExportConfig:
         return Path(self.out_dir) if self.out_dir else DEFAULT_ROOT / card.name
 
 
-# --- the Python API ---------------------------------------------------------------------------
+# --- the config a report records, and back ----------------------------------------------
 CONFIG_FIELDS = {f.name for f in fields(ExportConfig)}
 
 

@@ -132,14 +132,21 @@ def _run(card: ModelCard, cfg: ExportConfig, out: Path, stage: Path, report: dic
         report["target_forms"] = measured_forms(cfg, final, card.input_shape, progress)
     missed = []
     for precision in stages:
-        failure = precision_stage(cfg, card, checks, precision, stage, report, progress)
-        if failure and cfg.strict:
-            raise ParityError(failure)
-        if failure:  # a diagnosis: the artifact is kept and says what it missed
-            report["precisions"][precision]["failure"] = failure
-            report["files"][precision] = artifact_name(precision)
+        step = precision_stage(cfg, card, checks, precision, stage,
+                               report.get("attention_maps"), report.get("target_forms", {}),
+                               progress)
+        report["precisions"][precision] = step.entry
+        if step.failure and cfg.strict:
+            raise ParityError(step.failure)
+        if step.failure:  # a diagnosis: the artifact is kept and says what it missed
+            step.entry["failure"] = step.failure
             missed.append(precision)
-    target_files = target_stage(cfg, card, checks, stage, report, progress)
+        report["files"][precision] = artifact_name(precision)
+        if step.trt_check is not None:
+            report["trt_check"][precision] = step.trt_check
+    section, target_files = target_stage(cfg, card, checks, stage, report["files"],
+                                         report.get("target_forms", {}), progress)
+    report.update(section)
     trt_rejected = any(not c["ok"] for c in report["trt_check"].values())
     report["status"] = ("parity-failed" if missed else "trt-rejected" if trt_rejected else
                         "target-rejected" if _rejections(report) else "ok")

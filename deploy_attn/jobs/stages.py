@@ -44,30 +44,34 @@ def measured_forms(cfg: ExportConfig, fp32: Path, shape: tuple[int, ...],
     return measured
 
 
-def _forms(report: dict, fmt: str) -> tuple[str, ...] | None:
+def _forms(target_forms: dict, fmt: str) -> tuple[str, ...] | None:
     """The forms measured for ``fmt`` in this run, or None (TARGET_FORMS)."""
-    measured = report.get("target_forms", {}).get(fmt)
+    measured = target_forms.get(fmt)
     return tuple(measured["forms"]) if measured else None
 
 
 def target_stage(cfg: ExportConfig, card: ModelCard, checks: "Checks | None", stage: Path,
-             report: dict, progress: Progress) -> list[str]:
-    """The CPU targets asked for (``cfg.formats``) of every artifact, each checked against
-    PyTorch on the verification inputs at its precision's tolerance; the files written. A
-    target outside tolerance is recorded with the reason and not written (its ONNX file
-    passed on ONNX Runtime: the target's runtime computes it otherwise)."""
+                 artifacts: dict[str, str], target_forms: dict, progress: Progress
+                 ) -> tuple[dict, list[str]]:
+    """The CPU targets asked for (``cfg.formats``) of every artifact (precision -> file),
+    each checked against PyTorch on the verification inputs at its precision's tolerance:
+    the report's section (``target_cpu``, ``targets``) and the files written. A target
+    outside tolerance is recorded with the reason and not written (its ONNX file passed on
+    ONNX Runtime: the target's runtime computes it otherwise). ``target_forms``: the forms
+    measured in this run per format (--target-forms measure), else TARGET_FORMS."""
     if not cfg.formats:
-        return []
+        return {}, []
     x = checks.verify.inputs if checks else seeded_inputs((4,) + tuple(card.input_shape[1:]))
     ref = checks.ref if checks else torch_outputs(card.module, x)
-    tolerances = {p: tolerance_for(card, p, x) for p in report["files"]}
-    report["target_cpu"] = {"cpu": cfg.target_cpu, "for": TARGET_CPUS[cfg.target_cpu]}
+    tolerances = {p: tolerance_for(card, p, x) for p in artifacts}
+    section: dict = {"target_cpu": {"cpu": cfg.target_cpu, "for": TARGET_CPUS[cfg.target_cpu]},
+                     "targets": {}}
     written: list[str] = []
     for fmt in cfg.formats:
-        for precision, name in report["files"].items():
+        for precision, name in artifacts.items():
             progress(f"{fmt}: {precision} ({name})")
             files, forms, graph = write_target(fmt, stage / name, cfg.target_cpu,
-                                               _forms(report, fmt))
+                                               _forms(target_forms, fmt))
             tol = tolerances[precision]
             result = compare(run_target(fmt, stage / files[0], x), ref, tol,
                              classifier=card.classifier)
@@ -83,8 +87,8 @@ def target_stage(cfg: ExportConfig, card: ModelCard, checks: "Checks | None", st
                 entry.update(files=[], reason=f"vs PyTorch cosine {result.cosine:.6f}, max abs "
                              f"{result.max_abs:.3g}, outside {precision}'s tolerance on "
                              f"{RUNTIMES[fmt]}")
-            report.setdefault("targets", {}).setdefault(fmt, {})[precision] = entry
-    return written
+            section["targets"].setdefault(fmt, {})[precision] = entry
+    return section, written
 
 
 def tolerance_for(card: ModelCard, precision: str, x: np.ndarray) -> Tolerance:
@@ -206,11 +210,22 @@ def _exclude_auto(cfg: ExportConfig, checks: Checks, stage: Path, qdq: Path, dst
     return chosen, artifact
 
 
+@dataclass
+class PrecisionStep:
+    """One precision stage's report: its ``precisions`` entry, its TensorRT operator check
+    (None for the CPU-only int8-cpu, or when it failed), and the failure, if any."""
+    entry: dict
+    trt_check: dict | None = None
+    failure: str | None = None
+
+
 def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precision: str,
-                     stage: Path, report: dict, progress: Progress) -> str | None:
-    """Stage model.<precision>.onnx if it meets its threshold (verified with the runtime
-    configuration OrtRunner(verify=True) trusts); return a failure message
-    otherwise."""
+                    stage: Path, attention_maps: list[dict] | None, target_forms: dict,
+                    progress: Progress) -> PrecisionStep:
+    """Stage model.<precision>.onnx and check it against its threshold (verified with the
+    runtime configuration OrtRunner(verify=True) trusts); ``attention_maps`` (the export's
+    map index) lets a failure name the first site that drifts; ``target_forms`` (measured
+    in this run) gives int8-cpu the onnx-cpu target's graph forms."""
     src, staged = stage / MODEL_FILE, stage / artifact_name(precision)
     tol = TOLERANCES[precision]
     calib, verify, ref = checks.calib, checks.verify, checks.ref
@@ -223,7 +238,7 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
     elif precision == "int8-cpu":
         progress(f"int8-cpu: calibrate ({cfg.calib_method}), U8 activations for ORT CPU, "
                  "in the CPU target's graph forms")
-        forms = _forms(report, "onnx-cpu")
+        forms = _forms(target_forms, "onnx-cpu")
         details = quantize_int8_cpu(src, staged, calib, cfg.calib_method, cache_dir=stage,
                                     portable=cfg.target_cpu == "portable",
                                     forms=TARGET_FORMS["onnx-cpu"] if forms is None
@@ -250,11 +265,11 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
     entry = {"file": staged.name, "tolerance": asdict(tol), "results": [result.as_dict()],
              "ok": result.ok and not overflows, "verification": verify.as_dict(),
              "runtime": runtime, **details}
-    report.setdefault("precisions", {})[precision] = entry
     if overflows:
-        return (f"{card.name}: {precision.upper()} graph casts {len(overflows)} tensor(s) "
-                f"beyond the FP16 range to FP16: {', '.join(overflows[:3])}; lower "
-                f"--fp16-threshold (now {cfg.fp16_threshold:g})")
+        return PrecisionStep(entry, failure=(
+            f"{card.name}: {precision.upper()} graph casts {len(overflows)} tensor(s) beyond "
+            f"the FP16 range to FP16: {', '.join(overflows[:3])}; lower --fp16-threshold "
+            f"(now {cfg.fp16_threshold:g})"))
     if not result.ok:
         hint = ""
         if precision in ("int8", "int8-fp32") and tuple(cfg.exclude) == ("auto",):
@@ -263,15 +278,13 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
         if precision.startswith("int8") and card.generated and card.kind == "backbone":
             hint += ("; these are generated weights, on which INT8 is judged harshly (README, "
                      "'INT8 on generated weights'): give the trained ones with --weights")
-        if report.get("attention_maps") and cfg.strict:  # a diagnosis maps every site anyway
-
+        if attention_maps and cfg.strict:  # a diagnosis maps every site anyway
             progress(f"{precision}: locate the first attention map that drifts")
-            hint += drift_note(drifting_site(staged, report["attention_maps"], card.module, x,
+            hint += drift_note(drifting_site(staged, attention_maps, card.module, x,
                                              precision), precision)
-        return (f"{card.name}: {precision.upper()} output vs PyTorch FP32: cosine "
-                f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
-                f"finite {result.finite}{hint}")
-    report["files"][precision] = staged.name
-    if precision != "int8-cpu":  # U8 activations: an ONNX Runtime CPU artifact by design
-        report.setdefault("trt_check", {})[precision] = trt_check_entry(staged)
-    return None
+        return PrecisionStep(entry, failure=(
+            f"{card.name}: {precision.upper()} output vs PyTorch FP32: cosine "
+            f"{result.cosine:.6f} (need >= {tol.min_cosine}), max abs {result.max_abs:.3g}, "
+            f"finite {result.finite}{hint}"))
+    # U8 activations: int8-cpu is an ONNX Runtime CPU artifact by design, not TensorRT's
+    return PrecisionStep(entry, None if precision == "int8-cpu" else trt_check_entry(staged))
