@@ -81,13 +81,16 @@ def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
     return np.load(str(path) + ".y.npy")
 
 
-def emulation(model: onnx.ModelProto, x: np.ndarray, saturate: bool) -> np.ndarray:
+def emulation(model: onnx.ModelProto, x: np.ndarray, saturate: bool, kernel: str = "onednn",
+              spatial: tuple | None = None) -> np.ndarray:
+    """The one quantized layer's output as ``kernel`` computes it, (N, O, *spatial): the
+    input's H, W unless given."""
     (layer,) = quantized_layers(Graph(model))
-    q = integer_activations(model, [layer.x], x)[layer.x]
+    q = integer_activations(model, [layer], x)[layer.x]
     scale = numpy_helper.to_array(next(i for i in model.graph.initializer
                                        if i.name == layer.w_dq.input[1]))
-    y = emulated_output(layer, q, scale, saturate)
-    return y.reshape(len(x), y.shape[1], *x.shape[2:])
+    y = emulated_output(layer, q, scale, saturate, kernel)
+    return y.reshape(len(x), y.shape[1], *(x.shape[2:] if spatial is None else spatial))
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,20 +165,55 @@ def test_the_refit_picks_clipping_or_rescaling_by_weight_error():
     assert (err <= err_rescaled + 1e-9).all() and err[0] < err_rescaled[0] / 2
 
 
-def test_onnx_runtime_integer_kernels_as_this_cpu_predicts():
-    """A CPU with exact 8-bit dot products (VNNI, AMX, ARM) computes the saturating layer
-    exactly; one without must not (per-ISA expectation from the emulation)."""
-    model = conv_graph(32, 16, 1, 1, "uint8")
-    x = layer_inputs(32, "uint8")
-    session = ort.InferenceSession(model.SerializeToString(),
+def with_output_qdq(model: onnx.ModelProto, scale: float) -> onnx.ModelProto:
+    """``model`` with its output through Q -> DQ (int8, ``scale``): ONNX Runtime's QDQ
+    fusion then runs the Conv as a QLinearConv on its integer kernels (MLAS)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), "ys"),
+                                numpy_helper.from_array(np.array(0, np.int8), "yz")])
+    m.graph.node[-1].output[0] = "yc"
+    m.graph.node.extend([helper.make_node("QuantizeLinear", ["yc", "ys", "yz"], ["yq"]),
+                         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])])
+    return m
+
+
+def requantized(v: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(np.round(v / scale), -128, 127) * scale
+
+
+# odd channel counts with 3x3 kernels: MLAS pairs across kernel taps, oneDNN does not
+ORT_LAYERS = LAYERS + [(7, 8, 3, 1, "uint8"), (9, 8, 1, 1, "int8")]
+
+
+@pytest.mark.parametrize("c,o,k,group,act", ORT_LAYERS, ids=lambda v: str(v))
+def test_onnx_runtime_integer_kernels_as_this_cpu_predicts(c, o, k, group, act):
+    """ONNX Runtime's QLinearConv (a Conv with its output quantized) on a CPU with exact
+    8-bit dot products (VNNI, AMX, ARM) computes the saturating layer exactly; on one
+    without, as the MLAS emulation says (per-ISA expectation; measured on AMD Zen 3). A
+    Conv whose output is not quantized runs in FP32: exact on every CPU."""
+    model = conv_graph(c, o, k, group, act)
+    x = layer_inputs(c, act)
+    exact = emulation(model, x, False)
+    scale = float(np.abs(exact).max()) / 127
+    session = ort.InferenceSession(with_output_qdq(model, scale).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     y = session.run(None, {"x": x})[0]
-    exact = emulation(model, x, False)
-    print(f"[saturation] {isa_line()}: ONNX Runtime vs exact {rel(y, exact):.2e}")
+    mlas, onednn = emulation(model, x, True, "mlas"), emulation(model, x, True)
+    err_exact, err_mlas = rel(y, requantized(exact, scale)), rel(y, requantized(mlas, scale))
+    print(f"[saturation] {isa_line()}: ONNX Runtime QLinearConv {c}->{o} k{k} g{group} {act} "
+          f"vs exact {err_exact:.2e}, vs the MLAS emulation {err_mlas:.2e}, oneDNN's "
+          f"pairing vs MLAS's {rel(onednn, mlas):.2e}")
     if cpu_isa()["int8_dot"] == "exact":
-        assert rel(y, exact) < 1e-5
+        assert err_exact < 1e-5
     else:
-        assert rel(y, exact) > 1e-3
+        assert err_mlas < 1e-5
+        assert group == c or err_exact > 1e-3  # the weights were made to saturate
+    if k == 3 and c % 2 and group == 1:
+        assert rel(onednn, mlas) > 1e-2  # the two kernels' pairings differ here
+    float_conv = ort.InferenceSession(model.SerializeToString(),
+                                      providers=["CPUExecutionProvider"])
+    assert rel(float_conv.run(None, {"x": x})[0], exact) < 1e-5
 
 
 def test_cpu_probe_names_the_isa(monkeypatch):

@@ -20,7 +20,7 @@ from ..precision.common import PrecisionArtifact, name_nodes, tensor_ranges
 from ..precision.cpu_int8 import quantize_int8_cpu
 from ..precision.fp16 import convert_fp16, fp16_remainder
 from ..precision.int8 import quantize_int8
-from ..precision.saturation import saturation_note, saturation_report
+from ..precision.saturation import RUNTIME_KERNEL, saturation_note, saturation_report
 from ..precision.sensitivity import auto_exclude, cosine_scorer, int8_sensitivity
 from ..runtime.backends import run_target
 from ..runtime.ort import OrtRunner, graph_numerics, verification_runtime
@@ -79,7 +79,8 @@ def target_stage(cfg: ExportConfig, card: ModelCard, checks: "Checks | None", st
                      "ok": result.ok, "runtime": RUNTIMES[fmt], "forms": forms,
                      "cpu": cfg.target_cpu}
             if "qdq" in graph_numerics(stage / name):
-                entry["saturation"] = saturation_report(graph, checks.calib.inputs)
+                entry["saturation"] = saturation_report(graph, checks.calib.inputs,
+                                                        kernel=RUNTIME_KERNEL[fmt])
                 progress(f"{fmt}: {precision}: {saturation_note(entry['saturation'])}")
             if result.ok:
                 written += files
@@ -255,7 +256,9 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
             details.update(_auto_fp16_remainder(cfg, checks, stage, qdq, staged, qdq_details,
                                                 progress))
     if precision.startswith("int8"):
-        details["saturation"] = saturation_report(staged, calib.inputs)
+        # int8-cpu is ONNX Runtime's file; the TensorRT files as OpenVINO would run them
+        kernel = RUNTIME_KERNEL["onnx-cpu" if precision == "int8-cpu" else "openvino"]
+        details["saturation"] = saturation_report(staged, calib.inputs, kernel=kernel)
         progress(f"{precision}: {saturation_note(details['saturation'])}")
     runtime = verification_runtime(staged)
     progress(f"{precision}: parity vs PyTorch FP32 on {len(x)} inputs ({verify.source})")

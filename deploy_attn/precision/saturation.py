@@ -5,11 +5,22 @@ An x86 CPU without VNNI (AVX2, AVX-512 without VNNI) computes a u8 x s8 dot prod
 ``vpmaddubsw``: each pair of adjacent products is added in int16 and saturated to
 [-32768, 32767] before the int32 sum. s8 activations are shifted to u8 first (+128) and
 the shift is taken back exactly (the compensation 128 * sum(w)). Emulated here in numpy
-as oneDNN pairs them (checked against OpenVINO with ``ONEDNN_MAX_CPU_ISA=AVX2`` to 1e-5
-in tests/test_saturation.py): the two products of adjacent input channels at one kernel
-tap (a zero channel after an odd count), padding at the activation's zero point.
-Depthwise convolutions (one input channel per group) are not paired: oneDNN widens them
-to 16 bits (measured exact under the AVX2 limit).
+for the two CPU runtimes' kernels (KERNELS), which pair the reduction differently:
+
+* OpenVINO (oneDNN): the two products of adjacent input channels at one kernel tap (a
+  zero channel after an odd count), padding at the activation's zero point. Depthwise
+  convolutions (one input channel per group) are not paired: widened to 16 bits (exact).
+* ONNX Runtime (MLAS): adjacent elements of the reduction laid out kernel tap by kernel
+  tap, input channels innermost (NHWC im2col), so with an odd channel count a pair spans
+  two taps. MLAS runs a Conv on integers only where the QDQ fusion makes it a QLinearConv
+  (its output quantized); elsewhere ONNX Runtime computes it in FP32, exactly, so for ONNX
+  Runtime the prediction is a bound. Depthwise convolutions: exact.
+
+Both checked on convolutions on an AVX2-only CPU (AMD Zen 3) and against OpenVINO with
+``ONEDNN_MAX_CPU_ISA=AVX2`` on VNNI machines, to 1e-5 (tests/test_saturation.py).
+A layer's activation is followed back through the ops that keep its integers (MaxPool,
+ReduceMax, Reshape, ...: PRESERVING): OpenVINO runs a Conv fed by ``DQ -> ReduceMax`` in
+INT8 too (graph/cpu_forms.py, max_after_qdq).
 
 ``portable_weights`` rewrites the weights of a Q/DQ graph per output channel so that no
 two neighbouring weights of the same sign sum to more than 128 in |w|, in either order a
@@ -41,6 +52,15 @@ PAIR_BOUND = 128  # |w1| + |w2| <= this: 255 * 128 = 32640 fits int16
 INT16 = (-32768, 32767)
 BUDGET = 40_000_000  # pair sums emulated per layer at most (images are dropped to fit)
 SHIFT = {np.dtype(np.int8): 128, np.dtype(np.uint8): 0}
+# how each CPU runtime's integer kernels pair the reduction (the module's docstring)
+KERNELS = {"onednn": "OpenVINO (oneDNN): adjacent input channels paired at each kernel tap",
+           "mlas": "ONNX Runtime (MLAS): adjacent elements of the tap-major, channels-innermost "
+                   "reduction paired, where a Conv runs as QLinearConv"}
+RUNTIME_KERNEL = {"openvino": "onednn", "ort": "mlas", "onnx-cpu": "mlas"}
+# ops whose output holds the same integers at the same scale as their input: a Conv reading
+# DQ -> one of these still runs on integers in OpenVINO
+PRESERVING = ("MaxPool", "ReduceMax", "ReduceMin", "Reshape", "Flatten", "Transpose",
+              "Squeeze", "Unsqueeze", "Identity")
 
 
 @dataclass
@@ -48,7 +68,7 @@ class QLayer:
     """A quantized Conv/MatMul/Gemm of a Q/DQ graph with constant INT8 weights."""
 
     node: onnx.NodeProto
-    x: str  # the integer activation (the input of its DequantizeLinear)
+    x: str  # the float tensor the layer reads: its DequantizeLinear's output, or after PRESERVING
     x_scale: float
     x_zero: int
     x_dtype: np.dtype
@@ -61,14 +81,22 @@ class QLayer:
         return self.node.op_type == "Conv" and self.w.shape[1] == 1 and self.group > 1
 
 
+def _activation_dq(g: Graph, name: str) -> onnx.NodeProto | None:
+    """The DequantizeLinear whose integers tensor ``name`` holds, through PRESERVING ops."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in PRESERVING:
+        node = g.producer.get(node.input[0])
+    return node
+
+
 def quantized_layers(g: Graph) -> list[QLayer]:
-    """Every Conv/MatMul/Gemm whose activation and weights both come through
-    DequantizeLinear, the weights from an INT8 constant."""
+    """Every Conv/MatMul/Gemm whose activation (through PRESERVING ops) and weights both
+    come through DequantizeLinear, the weights from an INT8 constant."""
     layers = []
     for node in g.graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
             continue
-        x_dq, w_dq = (g.producer.get(i) for i in node.input[:2])
+        x_dq, w_dq = _activation_dq(g, node.input[0]), g.producer.get(node.input[1])
         if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
             continue
         w = g.const(w_dq.input[0])
@@ -82,7 +110,7 @@ def quantized_layers(g: Graph) -> list[QLayer]:
             if values.get("transA"):
                 continue
             w = w.T if values.get("transB") else w
-        layers.append(QLayer(node, x_dq.input[0], float(g.const(x_dq.input[1]).reshape(-1)[0]),
+        layers.append(QLayer(node, node.input[0], float(g.const(x_dq.input[1]).reshape(-1)[0]),
                              int(zero.reshape(-1)[0]), zero.dtype, w_dq, w,
                              int(values.get("group", 1))))
     return layers
@@ -118,9 +146,10 @@ def _pair_sums(u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, in
             pairs.size)
 
 
-def _accumulate(layer: QLayer, q: np.ndarray, images: int) -> tuple:
+def _accumulate(layer: QLayer, q: np.ndarray, images: int, kernel: str = "onednn") -> tuple:
     """The layer's int64 accumulators on the first ``images`` of ``q``, saturated and
-    exact, the shift compensation, the saturating pair sums and all pair sums."""
+    exact, as ``kernel`` (KERNELS) pairs the reduction, the shift compensation, the
+    saturating pair sums and all pair sums."""
     shift = SHIFT[layer.x_dtype]
     w = layer.w.astype(np.int32)
     u = q[:images].astype(np.int32) + shift
@@ -134,38 +163,46 @@ def _accumulate(layer: QLayer, q: np.ndarray, images: int) -> tuple:
     outs_sat, outs_exact = [], []
     for gi in range(layer.group):
         wg = w[gi * og:(gi + 1) * og].reshape(og, cg, -1)
+        group_taps = [tap[:, gi * cg:(gi + 1) * cg].reshape(images, cg, -1) for tap in taps]
+        if kernel == "mlas":  # one reduction, tap-major with channels innermost
+            chunks = [(np.concatenate(group_taps, 1),
+                       wg.transpose(0, 2, 1).reshape(og, -1))]
+        else:  # oneDNN: each tap's channels on their own
+            chunks = [(tap, wg[:, :, t]) for t, tap in enumerate(group_taps)]
         acc_sat = acc_exact = 0
-        for t, tap in enumerate(taps):
-            s, e, n_sat, n = _pair_sums(tap[:, gi * cg:(gi + 1) * cg].reshape(images, cg, -1),
-                                        wg[:, :, t])
+        for tap_u, tap_w in chunks:
+            s, e, n_sat, n = _pair_sums(tap_u, tap_w)
             acc_sat, acc_exact = acc_sat + s, acc_exact + e
             saturated, count = saturated + n_sat, count + n
         outs_sat.append(acc_sat)
         outs_exact.append(acc_exact)
     comp = zero * w.reshape(w.shape[0], -1).sum(1)[None, :, None]
-    return (np.concatenate(outs_sat, 1), np.concatenate(outs_exact, 1), comp, saturated,
-            count)
+    exact = np.concatenate(outs_exact, 1)
+    if layer.depthwise:  # widened to 16 bits by both kernels: nothing saturates
+        return exact, exact, comp, 0, count
+    return np.concatenate(outs_sat, 1), exact, comp, saturated, count
 
 
 def emulated_output(layer: QLayer, q: np.ndarray, w_scale: np.ndarray,
-                    saturate: bool = True) -> np.ndarray:
+                    saturate: bool = True, kernel: str = "onednn") -> np.ndarray:
     """The layer's output before its bias on integer activations ``q``, (N, O, positions)
-    (a MatMul's rows as positions), as a CPU without VNNI (``saturate``) or an exact one
-    computes it."""
-    sat, exact, comp, _, _ = _accumulate(layer, q, len(q))
+    (a MatMul's rows as positions), as ``kernel`` computes it on a CPU without VNNI
+    (``saturate``) or as an exact one does."""
+    sat, exact, comp, _, _ = _accumulate(layer, q, len(q), kernel)
     acc = (sat if saturate else exact) - comp
     return layer.x_scale * np.asarray(w_scale, np.float64).reshape(1, -1, 1) * acc
 
 
-def emulate(layer: QLayer, q: np.ndarray) -> dict:
-    """Layer ``layer`` on its integer activation ``q`` as a CPU without VNNI computes it:
+def emulate(layer: QLayer, q: np.ndarray, kernel: str = "onednn") -> dict:
+    """Layer ``layer`` on its integer activation ``q`` as ``kernel`` computes it on a CPU
+    without VNNI:
     the fraction of pair sums that saturate, and the error that causes in the layer's
     output (relative RMS over the exact integer result, the shift compensation and
     scales being exact), with ``images`` the inputs emulated."""
     conv = layer.node.op_type == "Conv"
     positions = int(np.prod(q.shape[2:] if conv else q.shape[1:-1]))
     images = max(1, min(len(q), BUDGET // max(layer.w.size // 2 * positions, 1)))
-    sat, exact, comp, saturated, count = _accumulate(layer, q, images)
+    sat, exact, comp, saturated, count = _accumulate(layer, q, images, kernel)
     err = float(np.sqrt(((sat - exact).astype(np.float64) ** 2).mean()))
     rms = float(np.sqrt(((exact - comp).astype(np.float64) ** 2).mean()))
     return {"node": layer.node.name, "op": layer.node.op_type, "images": images,
@@ -174,47 +211,53 @@ def emulate(layer: QLayer, q: np.ndarray) -> dict:
             "output_rel_rms_error": err / rms if rms > 0 else 0.0}
 
 
-def integer_activations(model: onnx.ModelProto, names: list[str],
+def integer_activations(model: onnx.ModelProto, layers: list[QLayer],
                         inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The integer tensors ``names`` of a Q/DQ graph on ``inputs``, each op as the graph
-    states it (ONNX Runtime with graph optimisations off: the same on every CPU)."""
+    """Per layer's input tensor (``QLayer.x``), its integers on ``inputs``: the float tensor
+    the layer reads, computed with each op as the graph states it (ONNX Runtime with graph
+    optimisations off: the same on every CPU), divided by its scale, plus its zero point
+    (exact: the tensor is a DequantizeLinear's output or PRESERVING ops of one)."""
     import onnxruntime as ort
 
+    names = sorted({la.x for la in layers})
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = Graph(m)
-    for name in names:
-        zero_type = onnx.TensorProto.UINT8
-        for dq in g.consumers.get(name, []):
-            if dq.op_type == "DequantizeLinear" and len(dq.input) > 2 and dq.input[2]:
-                zero_type = g.inits[dq.input[2]].data_type if dq.input[2] in g.inits else zero_type
-        m.graph.output.append(onnx.helper.make_tensor_value_info(name, zero_type, None))
+    outputs = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                          for n in names if n not in outputs)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     session = ort.InferenceSession(m.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
+    order = [o.name for o in m.graph.output]
     runs = list(ort_batches(session, inputs))
-    first = len(model.graph.output)
-    return {name: np.concatenate([r[first + i] for r in runs]) for i, name in enumerate(names)}
+    values = {n: np.concatenate([r[order.index(n)] for r in runs]) for n in names}
+    acts = {}
+    for la in layers:
+        info = np.iinfo(la.x_dtype)
+        q = np.round(values[la.x].astype(np.float64) / la.x_scale) + la.x_zero
+        acts[la.x] = np.clip(q, info.min, info.max).astype(la.x_dtype)
+    return acts
 
 
 def saturation_report(graph: str | Path | onnx.ModelProto, inputs: np.ndarray,
-                      images: int = 4) -> dict:
-    """What a CPU without VNNI does with the Q/DQ graph (a file or a model) on ``inputs`` (the
-    first ``images`` of them, at most): per quantized Conv/MatMul/Gemm the fraction of
-    u8 x s8 pair sums that saturate in int16 and the relative RMS error it causes in the
-    layer's output; depthwise convolutions listed as exact."""
+                      images: int = 4, kernel: str = "onednn") -> dict:
+    """What ``kernel`` (KERNELS) does with the Q/DQ graph (a file or a model) on a CPU
+    without VNNI, on ``inputs`` (the first ``images`` of them, at most): per quantized
+    Conv/MatMul/Gemm the fraction of u8 x s8 pair sums that saturate in int16 and the
+    relative RMS error it causes in the layer's output; depthwise convolutions listed as
+    exact."""
     model = graph if isinstance(graph, onnx.ModelProto) else load_onnx(graph, check=False)
     g = Graph(model)
     layers = quantized_layers(g)
     paired = [la for la in layers if not la.depthwise]
-    acts = integer_activations(model, sorted({la.x for la in paired}), inputs[:images])
-    rows = [emulate(la, acts[la.x]) for la in paired]
+    acts = integer_activations(model, paired, inputs[:images])
+    rows = [emulate(la, acts[la.x], kernel) for la in paired]
     worst = max((r for r in rows if r["saturated"]), key=lambda r: r["output_rel_rms_error"],
                 default=None)
-    return {"model": "x86 without VNNI (vpmaddubsw: adjacent input channels paired at each "
-                     "kernel tap, int16 saturation), as oneDNN computes it",
+    return {"model": f"x86 without VNNI (vpmaddubsw, int16 saturation), {KERNELS[kernel]}",
+            "kernel": kernel,
             "layers": rows, "depthwise_exact": sum(la.depthwise for la in layers),
             "saturating_layers": sum(r["saturated"] > 0 for r in rows),
             "max_saturated_fraction": max((r["saturated_fraction"] for r in rows), default=0.0),
@@ -224,11 +267,13 @@ def saturation_report(graph: str | Path | onnx.ModelProto, inputs: np.ndarray,
 
 def saturation_note(sat: dict) -> str:
     """One line for the CLI and the report."""
+    runtime = KERNELS[sat.get("kernel", "onednn")].split(" (")[0]
     if not sat["saturating_layers"]:
         return (f"no 8-bit pair sum saturates on a CPU without VNNI ({len(sat['layers'])} "
-                "layers emulated)")
+                f"layers emulated as {runtime} pairs them)")
     w = sat["worst"]
-    return (f"on a CPU without VNNI {sat['saturating_layers']} of {len(sat['layers'])} layers "
+    return (f"on a CPU without VNNI ({runtime}) {sat['saturating_layers']} of "
+            f"{len(sat['layers'])} layers "
             f"saturate (worst {w['node']}: {100 * w['saturated_fraction']:.2g}% of pair sums, "
             f"output error {100 * w['output_rel_rms_error']:.2g}% RMS)")
 
