@@ -75,6 +75,7 @@ class QLayer:
     w_dq: onnx.NodeProto  # the weights' DequantizeLinear
     w: np.ndarray  # int8; Conv (O, C/g, kh, kw), else (K, N)
     group: int = 1
+    x_type: int = onnx.TensorProto.FLOAT  # x's element type (its DequantizeLinear's scale's)
 
     @property
     def depthwise(self) -> bool:
@@ -110,9 +111,11 @@ def quantized_layers(g: Graph) -> list[QLayer]:
             if values.get("transA"):
                 continue
             w = w.T if values.get("transB") else w
-        layers.append(QLayer(node, node.input[0], float(g.const(x_dq.input[1]).reshape(-1)[0]),
+        x_scale = g.const(x_dq.input[1])
+        layers.append(QLayer(node, node.input[0], float(x_scale.reshape(-1)[0]),
                              int(zero.reshape(-1)[0]), zero.dtype, w_dq, w,
-                             int(values.get("group", 1))))
+                             int(values.get("group", 1)),
+                             onnx.helper.np_dtype_to_tensor_dtype(x_scale.dtype)))
     return layers
 
 
@@ -219,11 +222,12 @@ def integer_activations(model: onnx.ModelProto, layers: list[QLayer],
     (exact: the tensor is a DequantizeLinear's output or PRESERVING ops of one)."""
     import onnxruntime as ort
 
-    names = sorted({la.x for la in layers})
+    types = {la.x: la.x_type for la in layers}
+    names = sorted(types)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     outputs = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, types[n], None)
                           for n in names if n not in outputs)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
