@@ -54,8 +54,9 @@ def good(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("stage,sig,delay,over_good", [
     ("export opset", signal.SIGINT, 1.5, True),  # inside torch.export, which wraps Ctrl-C
-    ("simplify", signal.SIGTERM, 0.0, False),
-    ("fp16: measure", signal.SIGINT, 0.0, False),
+    # the stages between (about 25 s each on a 2-core AVX2 machine) run with -m slow
+    pytest.param("simplify", signal.SIGTERM, 0.0, False, marks=pytest.mark.slow),
+    pytest.param("fp16: measure", signal.SIGINT, 0.0, False, marks=pytest.mark.slow),
     ("int8: calibrate", signal.SIGTERM, 0.3, True),
 ], ids=["sigint-torch-export", "sigterm-simplify", "sigint-fp16", "sigterm-int8"])
 def test_interrupted_export(good, tmp_path, stage, sig, delay, over_good):

@@ -175,6 +175,7 @@ def test_fp16_islands_prevent_overflow(tmp_path):
     assert np.isfinite(ReferenceEvaluator(model).run(None, {"input": x})[0]).all()
 
 
+@pytest.mark.slow  # 30 s on AVX2; the digits test checks mobilenetv2_ca's FP16 on real data
 def test_backbone_fp16(export_cache):
     result = export_cache("mobilenetv2_ca", precisions=("fp16",), calib_count=8)
     r = verify_artifacts(result.model_path.parent)["fp16"]
