@@ -122,6 +122,37 @@ def test_emulation_is_openvino_without_vnni(tmp_path, c, o, k, group, act):
 
 
 @needs_ov_x86
+@pytest.mark.parametrize("op", ["MaxPool", "Transpose"])
+def test_a_layer_behind_an_op_that_keeps_its_integers(tmp_path, op):
+    """``DQ -> MaxPool -> Conv`` (or a Transpose there and back): OpenVINO still runs the
+    Conv on integers, so limited to AVX2 it saturates as the emulation of the Conv says, and
+    the portable refit, which finds the layer there, makes it exact."""
+    model = conv_graph(16, 8, 3, 1, "uint8")
+    conv = model.graph.node[-1]
+    if op == "MaxPool":
+        between = [helper.make_node("MaxPool", ["xd"], ["xp"], kernel_shape=[3, 3],
+                                    pads=[1, 1, 1, 1])]
+    else:
+        between = [helper.make_node("Transpose", ["xd"], ["xt"], perm=[0, 2, 3, 1]),
+                   helper.make_node("Transpose", ["xt"], ["xp"], perm=[0, 3, 1, 2])]
+    conv.input[0] = "xp"
+    for node in between:  # before the Conv, in order
+        model.graph.node.insert(len(model.graph.node) - 1, node)
+    x = layer_inputs(16, "uint8")
+    (layer,) = quantized_layers(Graph(model))
+    assert layer.x == "xp"
+    path = tmp_path / "behind.onnx"
+    onnx.save(model, str(path))
+    err = rel(openvino_run(path, x, AVX2), emulation(model, x, True))
+    print(f"[saturation] DQ -> {op} -> Conv: OpenVINO AVX2 vs emulation {err:.2e}")
+    assert err < 1e-5 and rel(emulation(model, x, True), emulation(model, x, False)) > 1e-2
+    assert portable_weights(model)["layers"] == 1
+    assert saturation_report(model, x)["saturating_layers"] == 0
+    onnx.save(model, str(path))
+    assert rel(openvino_run(path, x, AVX2), emulation(model, x, False)) < 1e-5
+
+
+@needs_ov_x86
 def test_portable_weights_compute_exactly_without_vnni(tmp_path):
     """The portable form: no same-sign neighbour couple over the bound in either layout,
     no saturation predicted, OpenVINO limited to AVX2 and this CPU's ONNX Runtime integer

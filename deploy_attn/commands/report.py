@@ -18,7 +18,7 @@ from ..checks.drift import worst
 from ..core.files import atomic_path
 from ..engine.sidecar import tensorrt_series
 from ..exportdir.layout import MAPS_DIR
-from ..precision.saturation import KERNELS
+from ..precision.saturation import kernel_name
 from ..runtime.backends import environment
 from ..targets.cpu import forms_note
 from .document import Block, Heading, Para, Plot, Table, render_html, render_markdown
@@ -215,8 +215,8 @@ def maps_blocks(rec: ModelRecord) -> list[Block]:
 
 
 # --- the report --------------------------------------------------------------------------
-SATURATION_HEADER = ["artifact", "for", "kernels emulated", "layers", "saturating", "max pair sums saturated",
-                     "worst layer", "its output error (RMS)"]
+SATURATION_HEADER = ["artifact", "for", "kernels emulated", "layers", "saturating",
+                     "max pair sums saturated", "worst layer", "its output error (RMS)"]
 
 
 def saturation_blocks(rec: ModelRecord) -> list[Block]:
@@ -232,8 +232,8 @@ def saturation_blocks(rec: ModelRecord) -> list[Block]:
     for name, for_, e in entries:
         sat = e["saturation"]
         worst = sat.get("worst") or {}
-        kernel = KERNELS[sat.get("kernel", "onednn")].split(":")[0]
-        rows.append([name, for_, kernel, str(len(sat["layers"])), str(sat["saturating_layers"]),
+        rows.append([name, for_, kernel_name(sat), str(len(sat["layers"])),
+                     str(sat["saturating_layers"]),
                      f"{100 * sat['max_saturated_fraction']:.3g}%", worst.get("node", "-"),
                      f"{100 * worst.get('output_rel_rms_error', 0):.3g}%"])
         layers += [[name, r["node"], r["op"], f"{100 * r['saturated_fraction']:.3g}%",

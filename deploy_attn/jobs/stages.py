@@ -20,13 +20,13 @@ from ..precision.common import PrecisionArtifact, name_nodes, tensor_ranges
 from ..precision.cpu_int8 import quantize_int8_cpu
 from ..precision.fp16 import convert_fp16, fp16_remainder
 from ..precision.int8 import quantize_int8
-from ..precision.saturation import RUNTIME_KERNEL, saturation_note, saturation_report
+from ..precision.saturation import saturation_note, saturation_report
 from ..precision.sensitivity import auto_exclude, cosine_scorer, int8_sensitivity
 from ..runtime.backends import run_target
 from ..runtime.ort import OrtRunner, graph_numerics, verification_runtime
 from ..runtime.pytorch import torch_outputs
 from ..sources import ModelCard
-from ..targets.cpu import RUNTIMES, TARGET_CPUS, TARGET_FORMS, write_target
+from ..targets.cpu import KERNEL, RUNTIMES, TARGET_CPUS, TARGET_FORMS, write_target
 from ..targets.measure import measure_forms
 
 
@@ -80,7 +80,7 @@ def target_stage(cfg: ExportConfig, card: ModelCard, checks: "Checks | None", st
                      "cpu": cfg.target_cpu}
             if "qdq" in graph_numerics(stage / name):
                 entry["saturation"] = saturation_report(graph, checks.calib.inputs,
-                                                        kernel=RUNTIME_KERNEL[fmt])
+                                                        kernel=KERNEL[fmt])
                 progress(f"{fmt}: {precision}: {saturation_note(entry['saturation'])}")
             if result.ok:
                 written += files
@@ -257,7 +257,7 @@ def precision_stage(cfg: ExportConfig, card: ModelCard, checks: Checks, precisio
                                                 progress))
     if precision.startswith("int8"):
         # int8-cpu is ONNX Runtime's file; the TensorRT files as OpenVINO would run them
-        kernel = RUNTIME_KERNEL["onnx-cpu" if precision == "int8-cpu" else "openvino"]
+        kernel = KERNEL["onnx-cpu" if precision == "int8-cpu" else "openvino"]
         details["saturation"] = saturation_report(staged, calib.inputs, kernel=kernel)
         progress(f"{precision}: {saturation_note(details['saturation'])}")
     runtime = verification_runtime(staged)

@@ -52,11 +52,10 @@ PAIR_BOUND = 128  # |w1| + |w2| <= this: 255 * 128 = 32640 fits int16
 INT16 = (-32768, 32767)
 BUDGET = 40_000_000  # pair sums emulated per layer at most (images are dropped to fit)
 SHIFT = {np.dtype(np.int8): 128, np.dtype(np.uint8): 0}
-# how each CPU runtime's integer kernels pair the reduction (the module's docstring)
-KERNELS = {"onednn": "OpenVINO (oneDNN): adjacent input channels paired at each kernel tap",
-           "mlas": "ONNX Runtime (MLAS): adjacent elements of the tap-major, channels-innermost "
-                   "reduction paired, where a Conv runs as QLinearConv"}
-RUNTIME_KERNEL = {"openvino": "onednn", "ort": "mlas", "onnx-cpu": "mlas"}
+# each CPU runtime's integer kernels: its name and how it pairs the reduction (docstring)
+KERNELS = {"onednn": ("OpenVINO (oneDNN)", "adjacent input channels paired at each kernel tap"),
+           "mlas": ("ONNX Runtime (MLAS)", "adjacent elements of the tap-major, "
+                    "channels-innermost reduction paired, where a Conv runs as QLinearConv")}
 # ops whose output holds the same integers at the same scale as their input: a Conv reading
 # DQ -> one of these still runs on integers in OpenVINO
 PRESERVING = ("MaxPool", "ReduceMax", "ReduceMin", "Reshape", "Flatten", "Transpose",
@@ -260,7 +259,8 @@ def saturation_report(graph: str | Path | onnx.ModelProto, inputs: np.ndarray,
     rows = [emulate(la, acts[la.x], kernel) for la in paired]
     worst = max((r for r in rows if r["saturated"]), key=lambda r: r["output_rel_rms_error"],
                 default=None)
-    return {"model": f"x86 without VNNI (vpmaddubsw, int16 saturation), {KERNELS[kernel]}",
+    runtime, pairing = KERNELS[kernel]
+    return {"model": f"x86 without VNNI (vpmaddubsw, int16 saturation), {runtime}: {pairing}",
             "kernel": kernel,
             "layers": rows, "depthwise_exact": sum(la.depthwise for la in layers),
             "saturating_layers": sum(r["saturated"] > 0 for r in rows),
@@ -269,9 +269,14 @@ def saturation_report(graph: str | Path | onnx.ModelProto, inputs: np.ndarray,
                                                       "output_rel_rms_error")}}
 
 
+def kernel_name(sat: dict) -> str:
+    """The runtime whose kernels a saturation report emulates (oneDNN's before "kernel")."""
+    return KERNELS[sat.get("kernel", "onednn")][0]
+
+
 def saturation_note(sat: dict) -> str:
     """One line for the CLI and the report."""
-    runtime = KERNELS[sat.get("kernel", "onednn")].split(" (")[0]
+    runtime = kernel_name(sat)
     if not sat["saturating_layers"]:
         return (f"no 8-bit pair sum saturates on a CPU without VNNI ({len(sat['layers'])} "
                 f"layers emulated as {runtime} pairs them)")

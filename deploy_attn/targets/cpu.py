@@ -38,6 +38,8 @@ RUNTIMES = {"openvino": "OpenVINO CPU, FP32 inference precision (Q/DQ as INT8 ke
             "ort": "ONNX Runtime CPU on the ORT-format file",
             "onnx-cpu": "ONNX Runtime CPU on the CPU-form ONNX file"}
 SUFFIXES = {"openvino": ".xml", "ort": ".ort", "onnx-cpu": ".cpu.onnx"}
+# whose integer kernels run each target's INT8 (saturation.KERNELS)
+KERNEL = {"openvino": "onednn", "ort": "mlas", "onnx-cpu": "mlas"}
 # The graph forms each target gets, chosen by benchmarks/forms.py (README, "CPU graph
 # forms"): a form is kept for a runtime where it made the graph faster on some model and
 # slower (beyond timing noise) on none. global_pool made no difference anywhere (OpenVINO
