@@ -36,6 +36,27 @@ LAYERS = [(16, 8, 3, 1, "int8"), (5, 6, 3, 1, "int8"), (3, 4, 3, 1, "uint8"),
           (32, 16, 1, 1, "int8"), (12, 8, 3, 2, "uint8"), (8, 8, 3, 8, "int8")]
 
 
+def layer_graph(w: np.ndarray, axis: int, act: str, layer: onnx.NodeProto, x_shape: list,
+                rng: np.random.Generator) -> onnx.ModelProto:
+    """float x -> Q -> DQ (``act``) -> ``layer`` (reading ``xd`` and ``wd``, writing ``y``)
+    on DQ(int8 weights ``w``, scaled per channel along ``axis``)."""
+    zero = np.array(0 if act == "int8" else 100, np.int8 if act == "int8" else np.uint8)
+    channels = w.shape[axis]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+             numpy_helper.from_array(zero, "xz"),
+             numpy_helper.from_array(w.astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(0.001, 0.01, channels).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(channels, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=axis), layer]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                       x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
 def conv_graph(c: int, o: int, k: int, group: int, act: str, seed: int = 0) -> onnx.ModelProto:
     """float -> Q -> DQ -> Conv(DQ(int8 weights, per channel)) with weights near +-127 of
     one sign in runs (pairs that saturate) and padding 1 for k = 3."""
@@ -43,22 +64,9 @@ def conv_graph(c: int, o: int, k: int, group: int, act: str, seed: int = 0) -> o
     w = rng.integers(60, 128, size=(o, c // group, k, k)) * rng.choice([-1, 1], size=(o, 1, 1, 1))
     w[:, 2::4] *= -1  # signs in runs of two: adjacent pairs of one sign
     w[:, 3::4] *= -1
-    zero = np.array(0 if act == "int8" else 100, np.int8 if act == "int8" else np.uint8)
-    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
-             numpy_helper.from_array(zero, "xz"),
-             numpy_helper.from_array(w.astype(np.int8), "wq"),
-             numpy_helper.from_array(rng.uniform(0.001, 0.01, o).astype(np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(o, np.int8), "wz")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
-             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", group=group,
-                              pads=[k // 2] * 4, kernel_shape=[k, k])]
-    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                       [2, c, 9, 9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    conv = helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", group=group,
+                            pads=[k // 2] * 4, kernel_shape=[k, k])
+    return layer_graph(w, 0, act, conv, [2, c, 9, 9], rng)
 
 
 def layer_inputs(c: int, act: str, seed: int = 1) -> np.ndarray:
@@ -257,3 +265,74 @@ def test_cpu_probe_names_the_isa(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert openvino_limited() and cpu_isa()["openvino_int8_dot"] == "saturating"
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in isa_line()
+
+
+def matmul_graph(k: int, n: int, op: str, act: str, rows: tuple, trans: bool,
+                 seed: int = 0) -> onnx.ModelProto:
+    """float -> Q -> DQ -> MatMul (or Gemm, its weights (N, K) with transB) on DQ(int8
+    weights, per output column) that saturate as conv_graph's do; input (2, *rows, K)."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(60, 128, size=(k, n)) * rng.choice([-1, 1], size=(1, n))
+    w[2::4] *= -1  # signs in runs of two along K
+    w[3::4] *= -1
+    node = helper.make_node(op, ["xd", "wd"], ["y"], name="mm", **({"transB": 1} if trans else {}))
+    return layer_graph(w.T if trans else w, 0 if trans else 1, act, node, [2, *rows, k], rng)
+
+
+# (op, K, N, activation type, the input's rows between batch and K, Gemm's transB)
+MATMULS = [("MatMul", 32, 8, "uint8", (4,), False), ("MatMul", 33, 8, "int8", (5,), False),
+           ("MatMul", 64, 16, "uint8", (3, 4), False), ("Gemm", 32, 8, "uint8", (), True),
+           ("Gemm", 17, 6, "int8", (), False)]
+
+
+@pytest.mark.parametrize("op,k,n,act,rows,trans", MATMULS, ids=lambda v: str(v))
+def test_matmul_and_gemm_on_both_runtimes_as_predicted(tmp_path, op, k, n, act, rows, trans):
+    """MatMul and Gemm pair their reduction along K in both kernels (one emulation). Unlike
+    a Conv, ONNX Runtime runs ``DQ -> MatMul/Gemm`` on its integer kernels whether or not the
+    output is quantized (measured on Zen 3: its MatMulIntegerToFloat fusion), so its
+    prediction is what it computes, on this CPU; OpenVINO is checked limited to AVX2."""
+    model = matmul_graph(k, n, op, act, rows, trans)
+    x = layer_inputs(k, act).reshape(-1)[:2 * int(np.prod(rows)) * k].reshape(2, *rows, k)
+    shape = (*x.shape[:-1], n)
+    (layer,) = quantized_layers(Graph(model))
+    q = integer_activations(model, [layer], x)[layer.x]
+    scale = Graph(model).const(layer.w_dq.input[1])
+
+    def output(saturate: bool, kernel: str) -> np.ndarray:  # (1, N, rows) -> the graph's
+        return emulated_output(layer, q, scale, saturate, kernel)[0].T.reshape(shape)
+
+    exact, mlas = output(False, "mlas"), output(True, "mlas")
+    assert np.array_equal(mlas, output(True, "onednn")) and rel(mlas, exact) > 1e-2
+    y_scale = float(np.abs(exact).max()) / 127
+    runs = {"float output": (ort.InferenceSession(model.SerializeToString(),
+                                                  providers=["CPUExecutionProvider"]), exact),
+            "quantized output": (ort.InferenceSession(
+                with_output_qdq(model, y_scale).SerializeToString(),
+                providers=["CPUExecutionProvider"]), requantized(exact, y_scale))}
+    expected_mlas = {"float output": mlas, "quantized output": requantized(mlas, y_scale)}
+    for label, (session, exact_y) in runs.items():
+        y = session.run(None, {"x": x})[0]
+        err = rel(y, exact_y if cpu_isa()["int8_dot"] == "exact" else expected_mlas[label])
+        print(f"[saturation] {isa_line()}: ONNX Runtime {op} {k}->{n} {act} {label} vs "
+              f"prediction {err:.2e}")
+        assert err < 1e-5, (label, err)
+    if X86 and openvino_missing() is None:
+        path = tmp_path / "mm.onnx"
+        onnx.save(model, str(path))
+        err = rel(openvino_run(path, x, AVX2), mlas)
+        print(f"[saturation] OpenVINO AVX2 {op} {k}->{n} vs emulation {err:.2e}")
+        assert err < 1e-5
+    # the portable refit bounds the layer: ONNX Runtime's integer kernels, which it runs
+    # here on every CPU, then compute the refitted graph exactly
+    assert portable_weights(model)["layers"] == 1
+    assert saturation_report(model, x, kernel="mlas")["saturating_layers"] == 0
+    g = Graph(model)
+    (layer,) = quantized_layers(g)
+    refit = emulated_output(layer, integer_activations(model, [layer], x)[layer.x],
+                            g.const(layer.w_dq.input[1]), False)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    err = rel(session.run(None, {"x": x})[0], refit[0].T.reshape(shape))
+    print(f"[saturation] ONNX Runtime {op} {k}->{n} portable vs its exact result {err:.2e}")
+    # the refit's cost: about one bit of each rescaled weight (2.2e-2 of the range seen
+    # on the Gemm's 16 outputs)
+    assert err < 1e-5 and rel(refit[0].T.reshape(shape), exact) < 0.04
