@@ -73,6 +73,9 @@ def export_cache(tmp_path_factory):
 
 
 # --- models trained on scikit-learn's digits (shared by the accuracy and maps tests) -------
+# The suite runs on two pytest-xdist workers (pyproject addopts; --dist loadgroup): the
+# tests that read the digits models share one worker, so each model trains once.
+DIGITS_WORKER = pytest.mark.xdist_group("digits")
 DIGITS_SIZE = (32, 32)  # total stride 32 (classifiers) and 16 (UNet): the smallest all take
 DIGITS_SEED = 0
 

@@ -28,7 +28,9 @@ from deploy_attn.runtime.openvino import openvino_missing
 from deploy_attn.runtime.pytorch import torch_outputs
 from deploy_attn.sources import default_preprocess
 
-from .conftest import DIGITS_SIZE, one_thread
+from .conftest import DIGITS_SIZE, DIGITS_WORKER, one_thread
+
+pytestmark = DIGITS_WORKER
 
 SIZE = DIGITS_SIZE
 CALIB_COUNT = 128

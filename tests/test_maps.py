@@ -22,7 +22,7 @@ from deploy_attn.exportdir.reader import open_export
 from deploy_attn.map_capture import capture, declared_maps
 from deploy_attn.models import create_model
 
-from .conftest import ATTENTION_NAMES, DIGITS_SIZE
+from .conftest import ATTENTION_NAMES, DIGITS_SIZE, DIGITS_WORKER
 
 OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -149,6 +149,7 @@ def _coarsen_site(src: Path, dst: Path, tensor: str, factor: float) -> str:
     return dq.input[1]
 
 
+@DIGITS_WORKER
 def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
     directory, _, _ = digits_export
     exp = open_export(directory)
@@ -177,6 +178,7 @@ def test_int8_bad_scale_at_one_site_is_localised_to_it(digits_export, tmp_path):
     assert (intact and intact["site"]) == (first_good and first_good["site"])
 
 
+@DIGITS_WORKER
 def test_failed_int8_export_names_the_drifting_site(digits_export, tmp_path, monkeypatch):
     """The export job's own failure: the same bad scale, put in by the quantizer, and an
     INT8 threshold the artifact cannot meet; the one-line error names the site."""
@@ -205,6 +207,7 @@ def test_failed_int8_export_names_the_drifting_site(digits_export, tmp_path, mon
     assert not (tmp_path / "out" / "model.onnx").exists()
 
 
+@DIGITS_WORKER
 def test_report_shows_the_maps_section(digits_export, tmp_path):
     from deploy_attn.commands.report import write_report
 
