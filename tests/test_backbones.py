@@ -129,8 +129,8 @@ def test_bn_recalibration_gives_realistic_activations():
 
 
 @pytest.mark.parametrize("name,dynamic", [
-    # the static MobileNetV2 (its dynamic twin and the digits test export it), MobileNeXt and
-    # EfficientNet (20-30 s each on a 2-core AVX2 machine) run with -m slow
+    # the static MobileNetV2 (its dynamic twin here and test_maps' digits export cover it),
+    # MobileNeXt and EfficientNet (20-30 s each on a 2-core AVX2 machine) run with -m slow
     pytest.param("mobilenetv2_ca", False, marks=pytest.mark.slow), ("mobilenetv2_ca", True),
     ("resnet18_cbam", False), ("unet_ca", False),
     pytest.param("mobilenext_ca", False, marks=pytest.mark.slow),

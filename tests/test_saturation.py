@@ -69,11 +69,12 @@ def conv_graph(c: int, o: int, k: int, group: int, act: str, seed: int = 0) -> o
     return layer_graph(w, 0, act, conv, [2, c, 9, 9], rng)
 
 
-def layer_inputs(c: int, act: str, seed: int = 1) -> np.ndarray:
-    """Inputs spanning the activation's range (ReLU-like for the signed ones)."""
+def layer_inputs(c: int, act: str, seed: int = 1, shape: tuple | None = None) -> np.ndarray:
+    """Inputs spanning the activation's range (ReLU-like for the signed ones), (2, c, 9, 9)
+    unless ``shape`` is given."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0.0 if act == "int8" else -5.0, 6.35 if act == "int8" else 7.75,
-                    size=(2, c, 9, 9))
+                    size=shape or (2, c, 9, 9))
     return x.astype(np.float32)
 
 
@@ -91,13 +92,14 @@ def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
 
 def emulation(model: onnx.ModelProto, x: np.ndarray, saturate: bool, kernel: str = "onednn",
               spatial: tuple | None = None) -> np.ndarray:
-    """The one quantized layer's output as ``kernel`` computes it, (N, O, *spatial): the
-    input's H, W unless given."""
-    (layer,) = quantized_layers(Graph(model))
+    """The one quantized layer's output as ``kernel`` computes it: a Conv's (N, O, *spatial)
+    (the input's H, W unless given), a MatMul's or Gemm's (..., rows, N) as the graph's."""
+    g = Graph(model)
+    (layer,) = quantized_layers(g)
     q = integer_activations(model, [layer], x)[layer.x]
-    scale = numpy_helper.to_array(next(i for i in model.graph.initializer
-                                       if i.name == layer.w_dq.input[1]))
-    y = emulated_output(layer, q, scale, saturate, kernel)
+    y = emulated_output(layer, q, g.const(layer.w_dq.input[1]), saturate, kernel)
+    if layer.node.op_type != "Conv":  # (1, N, rows)
+        return y[0].T.reshape(*x.shape[:-1], y.shape[1])
     return y.reshape(len(x), y.shape[1], *(x.shape[2:] if spatial is None else spatial))
 
 
@@ -285,54 +287,53 @@ MATMULS = [("MatMul", 32, 8, "uint8", (4,), False), ("MatMul", 33, 8, "int8", (5
            ("Gemm", 17, 6, "int8", (), False)]
 
 
-@pytest.mark.parametrize("op,k,n,act,rows,trans", MATMULS, ids=lambda v: str(v))
-def test_matmul_and_gemm_on_both_runtimes_as_predicted(tmp_path, op, k, n, act, rows, trans):
-    """MatMul and Gemm pair their reduction along K in both kernels (one emulation). Unlike
+def matmul_case(op: str, k: int, n: int, act: str, rows: tuple, trans: bool) -> tuple:
+    """The layer's graph and inputs, (2, *rows, K)."""
+    return matmul_graph(k, n, op, act, rows, trans), layer_inputs(k, act, shape=(2, *rows, k))
+
+
+@pytest.mark.parametrize("case", MATMULS, ids=lambda v: str(v))
+def test_onnx_runtime_matmul_and_gemm_as_this_cpu_predicts(case):
+    """MatMul and Gemm pair their reduction along K (one emulation for both kernels). Unlike
     a Conv, ONNX Runtime runs ``DQ -> MatMul/Gemm`` on its integer kernels whether or not the
-    output is quantized (measured on Zen 3: its MatMulIntegerToFloat fusion), so its
-    prediction is what it computes, on this CPU; OpenVINO is checked limited to AVX2."""
-    model = matmul_graph(k, n, op, act, rows, trans)
-    x = layer_inputs(k, act).reshape(-1)[:2 * int(np.prod(rows)) * k].reshape(2, *rows, k)
-    shape = (*x.shape[:-1], n)
-    (layer,) = quantized_layers(Graph(model))
-    q = integer_activations(model, [layer], x)[layer.x]
-    scale = Graph(model).const(layer.w_dq.input[1])
-
-    def output(saturate: bool, kernel: str) -> np.ndarray:  # (1, N, rows) -> the graph's
-        return emulated_output(layer, q, scale, saturate, kernel)[0].T.reshape(shape)
-
-    exact, mlas = output(False, "mlas"), output(True, "mlas")
-    assert np.array_equal(mlas, output(True, "onednn")) and rel(mlas, exact) > 1e-2
-    y_scale = float(np.abs(exact).max()) / 127
-    runs = {"float output": (ort.InferenceSession(model.SerializeToString(),
-                                                  providers=["CPUExecutionProvider"]), exact),
-            "quantized output": (ort.InferenceSession(
-                with_output_qdq(model, y_scale).SerializeToString(),
-                providers=["CPUExecutionProvider"]), requantized(exact, y_scale))}
-    expected_mlas = {"float output": mlas, "quantized output": requantized(mlas, y_scale)}
-    for label, (session, exact_y) in runs.items():
-        y = session.run(None, {"x": x})[0]
-        err = rel(y, exact_y if cpu_isa()["int8_dot"] == "exact" else expected_mlas[label])
-        print(f"[saturation] {isa_line()}: ONNX Runtime {op} {k}->{n} {act} {label} vs "
-              f"prediction {err:.2e}")
+    output is quantized (measured on Zen 3: its MatMulIntegerToFloat fusion): exact with
+    VNNI, as the emulation says without. The portable refit bounds the layer, and ONNX
+    Runtime then computes the refitted graph exactly on every CPU."""
+    model, x = matmul_case(*case)
+    exact, mlas = emulation(model, x, False, "mlas"), emulation(model, x, True, "mlas")
+    assert rel(mlas, exact) > 1e-2  # the weights were made to saturate
+    scale = float(np.abs(exact).max()) / 127
+    this_cpu = exact if cpu_isa()["int8_dot"] == "exact" else mlas
+    for label, graph, expected in [("float output", model, this_cpu),
+                                   ("quantized output", with_output_qdq(model, scale),
+                                    requantized(this_cpu, scale))]:
+        session = ort.InferenceSession(graph.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        err = rel(session.run(None, {"x": x})[0], expected)
+        print(f"[saturation] {isa_line()}: ONNX Runtime {case[0]} {case[1]}->{case[2]} "
+              f"{case[3]} {label} vs prediction {err:.2e}")
         assert err < 1e-5, (label, err)
-    if X86 and openvino_missing() is None:
-        path = tmp_path / "mm.onnx"
-        onnx.save(model, str(path))
-        err = rel(openvino_run(path, x, AVX2), mlas)
-        print(f"[saturation] OpenVINO AVX2 {op} {k}->{n} vs emulation {err:.2e}")
-        assert err < 1e-5
-    # the portable refit bounds the layer: ONNX Runtime's integer kernels, which it runs
-    # here on every CPU, then compute the refitted graph exactly
     assert portable_weights(model)["layers"] == 1
     assert saturation_report(model, x, kernel="mlas")["saturating_layers"] == 0
-    g = Graph(model)
-    (layer,) = quantized_layers(g)
-    refit = emulated_output(layer, integer_activations(model, [layer], x)[layer.x],
-                            g.const(layer.w_dq.input[1]), False)
+    refit = emulation(model, x, False, "mlas")
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    err = rel(session.run(None, {"x": x})[0], refit[0].T.reshape(shape))
-    print(f"[saturation] ONNX Runtime {op} {k}->{n} portable vs its exact result {err:.2e}")
-    # the refit's cost: about one bit of each rescaled weight (2.2e-2 of the range seen
-    # on the Gemm's 16 outputs)
-    assert err < 1e-5 and rel(refit[0].T.reshape(shape), exact) < 0.04
+    err = rel(session.run(None, {"x": x})[0], refit)
+    print(f"[saturation] ONNX Runtime {case[0]} portable vs its exact result {err:.2e}, "
+          f"vs the unrefit one {rel(refit, exact):.2e}")
+    # the refit's cost: about one bit of each rescaled weight (2.2e-2 of the range seen on
+    # the Gemm's 16 outputs)
+    assert err < 1e-5 and rel(refit, exact) < 0.04
+
+
+@needs_ov_x86
+@pytest.mark.parametrize("case", MATMULS, ids=lambda v: str(v))
+def test_matmul_and_gemm_emulation_is_openvino_without_vnni(tmp_path, case):
+    """OpenVINO limited to AVX2 saturates MatMul and Gemm as the emulation (pairs along K)
+    says."""
+    model, x = matmul_case(*case)
+    path = tmp_path / "mm.onnx"
+    onnx.save(model, str(path))
+    predicted = emulation(model, x, True)
+    err = rel(openvino_run(path, x, AVX2), predicted)
+    print(f"[saturation] OpenVINO AVX2 {case[0]} {case[1]}->{case[2]} vs emulation {err:.2e}")
+    assert err < 1e-5 and rel(predicted, emulation(model, x, False)) > 1e-2

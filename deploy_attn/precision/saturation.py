@@ -14,9 +14,11 @@ for the two CPU runtimes' kernels (KERNELS), which pair the reduction differentl
   tap, input channels innermost (NHWC im2col), so with an odd channel count a pair spans
   two taps. MLAS runs a Conv on integers only where the QDQ fusion makes it a QLinearConv
   (its output quantized); elsewhere ONNX Runtime computes it in FP32, exactly, so for ONNX
-  Runtime the prediction is a bound. Depthwise convolutions: exact.
+  Runtime's Convs the prediction is a bound. Depthwise convolutions: exact.
 
-Both checked on convolutions on an AVX2-only CPU (AMD Zen 3) and against OpenVINO with
+MatMul and Gemm pair along K in both (ONNX Runtime runs ``DQ -> MatMul/Gemm`` on MLAS
+whether or not the output is quantized: the prediction is what it computes). Both checked
+on convolutions, MatMul and Gemm on an AVX2-only CPU (AMD Zen 3) and against OpenVINO with
 ``ONEDNN_MAX_CPU_ISA=AVX2`` on VNNI machines, to 1e-5 (tests/test_saturation.py).
 A layer's activation is followed back through the ops that keep its integers (MaxPool,
 ReduceMax, Reshape, ...: PRESERVING): OpenVINO runs a Conv fed by ``DQ -> ReduceMax`` in
@@ -55,7 +57,8 @@ SHIFT = {np.dtype(np.int8): 128, np.dtype(np.uint8): 0}
 # each CPU runtime's integer kernels: its name and how it pairs the reduction (docstring)
 KERNELS = {"onednn": ("OpenVINO (oneDNN)", "adjacent input channels paired at each kernel tap"),
            "mlas": ("ONNX Runtime (MLAS)", "adjacent elements of the tap-major, "
-                    "channels-innermost reduction paired, where a Conv runs as QLinearConv")}
+                    "channels-innermost reduction paired, where a Conv runs as QLinearConv "
+                    "(MatMul and Gemm always)")}
 # ops whose output holds the same integers at the same scale as their input: a Conv reading
 # DQ -> one of these still runs on integers in OpenVINO
 PRESERVING = ("MaxPool", "ReduceMax", "ReduceMin", "Reshape", "Flatten", "Transpose",
