@@ -214,11 +214,10 @@ def _exact(model, x):
     emulation: exact integer products, the same on every CPU)."""
     import onnxruntime as ort
 
-    from deploy_attn.runtime.ort import ort_outputs
+    from deploy_attn.runtime.ort import ort_outputs, ort_session_options
 
-    opts = ort.SessionOptions()
+    opts = ort_session_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     return ort_outputs(ort.InferenceSession(model.SerializeToString(), opts,
                                             providers=["CPUExecutionProvider"]), x)
 

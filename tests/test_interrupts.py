@@ -20,6 +20,7 @@ from .conftest import ARTIFACT, snapshot
 REPO = Path(__file__).resolve().parents[1]
 EXPORT = ["export", "mobilenetv2_ca", "--input-size", "128", "128", "--precision", "fp16,int8",
           "--calib-count", "8"]
+pytestmark = pytest.mark.xdist_group("interrupts")  # one worker: the good export made once
 
 
 def interrupt_at(stage: str, sig: signal.Signals, out: Path, delay: float):

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from deploy_attn.runtime.backends import run_target, target_runner
 from deploy_attn.runtime.openvino import OpenVINORunner, openvino_missing
-from deploy_attn.runtime.ort import OrtRunner
+from deploy_attn.runtime.ort import OrtRunner, ort_session_options
 from deploy_attn.runtime.pytorch import TorchRunner
 from deploy_attn.runtime.tensorrt import TensorRTRunner
 
@@ -54,6 +54,18 @@ def test_ort_runner_runs_batches_names_and_timed_calls(two_outputs):
         np.testing.assert_allclose(out[0], y[:2], rtol=0, atol=1e-6)
     opts = OrtRunner(two_outputs, threads=1).session.get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+@pytest.mark.parametrize("env,threads,expected", [
+    (None, None, 0), ("3", None, 3), ("3", 2, 2), ("0", None, 0), ("four", None, 0)])
+def test_ort_sessions_take_omp_num_threads(monkeypatch, env, threads, expected):
+    """OMP_NUM_THREADS limits ONNX Runtime's pool as it does PyTorch's (0: one per core);
+    an explicit ``threads`` wins, and a value that is not a positive count is ignored."""
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert ort_session_options(threads).intra_op_num_threads == expected
 
 
 @pytest.mark.skipif(openvino_missing() is not None, reason=str(openvino_missing()))

@@ -48,7 +48,7 @@ from onnx import numpy_helper
 
 from ..core.onnx_io import attrs, load_onnx
 from ..graph.view import Graph
-from ..runtime.ort import ort_batches
+from ..runtime.ort import ort_batches, ort_session_options
 
 PAIR_BOUND = 128  # |w1| + |w2| <= this: 255 * 128 = 32640 fits int16
 INT16 = (-32768, 32767)
@@ -231,9 +231,8 @@ def integer_activations(model: onnx.ModelProto, layers: list[QLayer],
     outputs = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, types[n], None)
                           for n in names if n not in outputs)
-    opts = ort.SessionOptions()
+    opts = ort_session_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     session = ort.InferenceSession(m.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
     order = [o.name for o in m.graph.output]
