@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import deploy_attn
 from deploy_attn.exportdir.transaction import STAGING_PREFIX
 
 from .conftest import ARTIFACT, snapshot
@@ -47,10 +46,9 @@ def interrupt_at(stage: str, sig: signal.Signals, out: Path, delay: float):
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("interrupts") / "good"
-    deploy_attn.export("mobilenetv2_ca", out_dir=out, input_size=(128, 128))
-    return out
+def good(export_cache) -> Path:
+    """A good export to interrupt an export over (copied, never changed): any model's."""
+    return export_cache("ca").directory
 
 
 @pytest.mark.parametrize("stage,sig,delay,over_good", [

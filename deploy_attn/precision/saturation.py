@@ -39,6 +39,7 @@ weights (NNCF's OverflowFix, ONNX Runtime's reduce_range) cost more accuracy: RE
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,8 +355,28 @@ def _clip_couples(w: np.ndarray, conv: bool) -> np.ndarray:
         v -= np.sign(v) * cut
 
 
+# _refit's results by weights: an export refits the same weights for each CPU target and
+# INT8 form (the same quantized weights in other graph forms), the accuracy command again
+_REFITS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_REFITS_KEPT = 4096  # layers
+
+
 def _refit(w: np.ndarray, conv: bool, per_channel: bool, steps: int = 8
            ) -> tuple[np.ndarray, np.ndarray]:
+    """_search_refit, computed once per weights and arguments in a process (its results
+    are a function of them alone)."""
+    key = (hashlib.sha256(w.tobytes()).digest(), w.shape, w.dtype.str, conv, per_channel,
+           steps)
+    if key not in _REFITS:
+        if len(_REFITS) >= _REFITS_KEPT:
+            _REFITS.clear()
+        _REFITS[key] = _search_refit(w, conv, per_channel, steps)
+    q, f = _REFITS[key]
+    return q.copy(), f.copy()
+
+
+def _search_refit(w: np.ndarray, conv: bool, per_channel: bool, steps: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The portable INT8 weights of ``w`` and the factor f each output channel's scale is
     divided by: among f from the smallest that keeps every couple within PAIR_BOUND by
     rescaling alone (_factors) up to 1 (no rescaling, couples clipped: _clip_couples), the
