@@ -355,24 +355,18 @@ def _clip_couples(w: np.ndarray, conv: bool) -> np.ndarray:
         v -= np.sign(v) * cut
 
 
-# _refit's results by weights: an export refits the same weights for each CPU target and
-# INT8 form (the same quantized weights in other graph forms), the accuracy command again
-_REFITS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-_REFITS_KEPT = 4096  # layers
+_REFITS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # _refit's, by weights
 
 
 def _refit(w: np.ndarray, conv: bool, per_channel: bool, steps: int = 8
            ) -> tuple[np.ndarray, np.ndarray]:
-    """_search_refit, computed once per weights and arguments in a process (its results
-    are a function of them alone)."""
-    key = (hashlib.sha256(w.tobytes()).digest(), w.shape, w.dtype.str, conv, per_channel,
-           steps)
+    """_search_refit once per weights in a process (an export refits them per CPU target)."""
+    key = (hashlib.sha256(w.tobytes()).digest(), w.shape, w.dtype.str, conv, per_channel, steps)
     if key not in _REFITS:
-        if len(_REFITS) >= _REFITS_KEPT:
+        if len(_REFITS) >= 4096:
             _REFITS.clear()
         _REFITS[key] = _search_refit(w, conv, per_channel, steps)
-    q, f = _REFITS[key]
-    return q.copy(), f.copy()
+    return _REFITS[key][0].copy(), _REFITS[key][1].copy()
 
 
 def _search_refit(w: np.ndarray, conv: bool, per_channel: bool, steps: int
