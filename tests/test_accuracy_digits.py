@@ -212,14 +212,9 @@ INTEGER_KERNELS = 1e-3
 def _exact(model, x):
     """A graph's output on ``x`` with each op as the graph states it (the TensorRT
     emulation: exact integer products, the same on every CPU)."""
-    import onnxruntime as ort
+    from deploy_attn.runtime.ort import exact_session, ort_outputs
 
-    from deploy_attn.runtime.ort import ort_outputs, ort_session_options
-
-    opts = ort_session_options()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort_outputs(ort.InferenceSession(model.SerializeToString(), opts,
-                                            providers=["CPUExecutionProvider"]), x)
+    return ort_outputs(exact_session(model), x)
 
 
 def _own_graph_cosine(exported: Path, fmt: str, precision: str, x, ref) -> float:

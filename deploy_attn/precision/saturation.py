@@ -49,7 +49,7 @@ from onnx import numpy_helper
 
 from ..core.onnx_io import attrs, load_onnx
 from ..graph.view import Graph
-from ..runtime.ort import ort_batches, ort_session_options
+from ..runtime.ort import exact_session, ort_batches
 
 PAIR_BOUND = 128  # |w1| + |w2| <= this: 255 * 128 = 32640 fits int16
 INT16 = (-32768, 32767)
@@ -223,8 +223,6 @@ def integer_activations(model: onnx.ModelProto, layers: list[QLayer],
     the layer reads, computed with each op as the graph states it (ONNX Runtime with graph
     optimisations off: the same on every CPU), divided by its scale, plus its zero point
     (exact: the tensor is a DequantizeLinear's output or PRESERVING ops of one)."""
-    import onnxruntime as ort
-
     types = {la.x: la.x_type for la in layers}
     names = sorted(types)
     m = onnx.ModelProto()
@@ -232,10 +230,7 @@ def integer_activations(model: onnx.ModelProto, layers: list[QLayer],
     outputs = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_tensor_value_info(n, types[n], None)
                           for n in names if n not in outputs)
-    opts = ort_session_options()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(m.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = exact_session(m)
     order = [o.name for o in m.graph.output]
     runs = list(ort_batches(session, inputs))
     values = {n: np.concatenate([r[order.index(n)] for r in runs]) for n in names}

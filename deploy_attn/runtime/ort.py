@@ -1,6 +1,7 @@
 """ONNX Runtime: sessions (with the verification mode TensorRT files need), batches, runners."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -49,6 +50,18 @@ def ort_session_options(threads: int | None = None, sequential: bool = False,
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
+
+
+def exact_session(model):
+    """A CPU session on an ONNX ModelProto with each op computed as the graph states it
+    (graph optimisations off: exact integer products, the same on every CPU), on
+    ort_session_options' threads."""
+    import onnxruntime as ort
+
+    opts = ort_session_options()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def graph_numerics(path: str | Path) -> set[str]:
