@@ -47,7 +47,8 @@ class Case:
     train: TrainConfig
     min_accuracy: float  # percent (top-1, or mIoU): below this the parity figures prove little
     refused: tuple[tuple[str, str], ...] = ()  # (format, precision) targets expected refused
-    portable_drop: float = 0.5  # points the portable CPU INT8 targets may lose vs PyTorch
+    portable_drop: float = 0.5  # points the portable refit may cost the CPU INT8 targets
+    # (against the same precision's TensorRT-form file)
 
     @property
     def classes(self) -> int:
@@ -190,13 +191,13 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     refused = {f"{TARGET_PREFIX[fmt]}{p}" for fmt, p in case.refused}
     for form in refused & set(forms):  # not written: listed, with the reason, not scored
         assert forms[form]["status"] == "skipped" and "outside" in forms[form]["reason"]
-    # the portable CPU INT8 targets may lose the case's portable_drop (at most MAX_DROP for
-    # the mobilenet; the UNet's measured refit cost above it: test_digits_portable_...)
-    portable = {f"{TARGET_PREFIX[fmt]}{p}" for fmt in FORMATS for p in ("int8-fp32", "int8")}
+    # each form within its accuracy threshold, or a portable CPU INT8 target beyond it by
+    # at most the refit's allowed cost over its TensorRT-form file (the UNet's: README)
+    portable = {f"{TARGET_PREFIX[fmt]}{p}": p for fmt in FORMATS for p in ("int8-fp32", "int8")}
     for form in ("fp16", "int8-fp32", "int8", *(target_forms - refused)):  # the drop checks
         assert forms[form]["status"] == "ok", (form, forms[form])
-        assert forms[form]["ok"] or (form in portable and
-                                     forms[form]["drop"] <= case.portable_drop), (form, forms[form])
+        assert forms[form]["ok"] or (form in portable and forms[form]["drop"] - forms[
+            portable[form]]["drop"] <= case.portable_drop), (form, forms[form])
         lo, hi = forms[form]["drop_ci95"]
         assert lo <= forms[form]["drop"] <= hi
 
@@ -228,10 +229,14 @@ def _own_graph_cosine(exported: Path, fmt: str, precision: str, x, ref) -> float
 
 
 def test_digits_portable_cpu_targets_keep_their_accuracy(case, exported, digit_sets):
-    """Done-when: the portable CPU INT8 targets lose at most the case's portable_drop
-    points against PyTorch on the test set, on every CPU (their integer kernels cannot
+    """Done-when: the portable refit costs the CPU INT8 targets at most the case's
+    portable_drop points of the test set's metric on every CPU (their integer kernels cannot
     saturate), and the export's saturation report says so while predicting it for the
-    TensorRT files."""
+    TensorRT files. The cost is taken against the same precision's TensorRT-form file (the
+    graph unrefitted, computed exactly): what the calibration itself loses is that file's
+    drop, held to the accuracy check's threshold by test_digits_accuracy_parity. On an AMX
+    Xeon the int8-fp32 file lost 0.74 points (95 % interval -0.19 to 1.67 on 540 images)
+    and its portable OpenVINO IR 0.56: a refit cost of -0.19."""
     report = json.loads((exported / "report.json").read_text())
     for precision in ("int8-fp32", "int8"):
         assert "saturation" in report["precisions"][precision], precision
@@ -250,9 +255,10 @@ def test_digits_portable_cpu_targets_keep_their_accuracy(case, exported, digit_s
         for precision in ("int8-fp32", "int8"):
             form = f"{TARGET_PREFIX[fmt]}{precision}"
             if form not in refused:
-                assert drops[form] <= case.portable_drop, (form, drops[form])
-    print(f"[digits] {case.name} portable CPU INT8 drops (points): "
-          f"{ {k: round(v, 2) for k, v in drops.items() if k.startswith(tuple(TARGET_PREFIX.values()))} }")
+                cost = drops[form] - drops[precision]
+                assert cost <= case.portable_drop, (form, drops[form], precision, drops[precision])
+    print(f"[digits] {case.name} INT8 drops (points) against PyTorch: "
+          f"{ {k: round(v, 2) for k, v in drops.items() if 'int8' in k} }")
 
 
 def test_digits_ort_format_files_compute_as_their_graph(case, exported):
