@@ -110,6 +110,8 @@ CASES = [
     ("name-case", "export CA", "did you mean ca", "fresh"),
     ("name-typo", "export cbma", "did you mean cbam", "fresh"),
     ("scsa-window", "export scsa --input-size 4 32", "window", "fresh"),
+    ("backbone-too-small", "export mobilenetv2_scsa --input-size 32 32",
+     "does not run on a 32x32 input", "fresh"),
     ("sa-divisible", "export sa --channels 30", "divisible", "fresh"),
     ("model-arg-registry", "export se --model-arg x=1", "--model-arg applies to", "good"),
     ("mean-for-attention", "export se --mean 0.5", "feature maps", "good"),
