@@ -61,14 +61,8 @@ def create_model(name: str, *, channels: int | None = None,
         model = build(spec, channels=channels, input_size=input_size, **kwargs)
     seeded_init(model, seed, bn_stats=spec.kind != "backbone")
     if spec.kind == "backbone":
-        shape = spec.input_shape(8, channels, input_size)
-        try:
-            recalibrate_bn(model, shape, seed, classifier=spec.num_classes is not None)
-        except RuntimeError as exc:  # the network's own forward on the size the user chose
-            if input_size is None:
-                raise
-            raise ConfigError(f"{name} does not run on a {shape[2]}x{shape[3]} input: {exc}; "
-                              "give a larger input size") from None
+        recalibrate_bn(model, spec.input_shape(8, channels, input_size), seed,
+                       classifier=spec.num_classes is not None)
     return model.eval()
 
 

@@ -22,7 +22,7 @@ import io
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -136,16 +136,24 @@ def default_preprocess(kind: str, shape: Sequence[int],
                       per_channel(std, base[1], "std"))
 
 
+@contextlib.contextmanager
+def _runs_on(what: str, shape: Sequence[int]) -> Iterator[None]:
+    """A model's forward on the input the user chose that fails inside: one line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{what} does not run on an input of shape {list(shape)} "
+                          f"({typed_first_line(exc)}); give --channels / --input-size") from None
+
+
 def _infer_task(module: nn.Module, shape: tuple[int, ...], what: str) -> str:
     """classifier for [N, K] outputs, segmentation for per-pixel [N, K, H, W] outputs at
     the input's size with K != C, features otherwise; the model must run on ``shape``."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            y = module(x)
-    except Exception as exc:
-        raise ConfigError(f"{what} does not run on an input of shape {list(shape)} "
-                          f"({typed_first_line(exc)}); give --channels / --input-size") from None
+    with _runs_on(what, shape), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        y = module(x)
     if not isinstance(y, torch.Tensor):
         raise ConfigError(f"{what} returns a {type(y).__name__}; deploy-attn exports models "
                           "with one tensor output (wrap the model to return one)")
@@ -263,18 +271,23 @@ def load_source(source: str | nn.Module, options: SourceOptions = SourceOptions(
 
 def _registry_card(name: str, options: SourceOptions, display: str | None) -> ModelCard:
     spec = get_spec(name)
-    check_input_fits(spec.input_shape(1, options.channels, options.input_size))
+    shape = spec.input_shape(1, options.channels, options.input_size)
+    check_input_fits(shape)
     if options.model_args:
         raise ConfigError(f"--model-arg applies to FILE.py:CALLABLE and package sources; "
                           f"{name} is a registry model (see --channels, --num-classes)")
     extra = {"num_classes": options.num_classes} if options.num_classes else {}
-    if options.weights is None:
-        model = create_model(name, channels=options.channels, input_size=options.input_size,
-                             seed=options.seed, **extra)
-    else:  # the checkpoint replaces every weight: no seeded init, no BN re-estimation
-        with seeded(options.seed):
-            model = build(spec, channels=options.channels, input_size=options.input_size,
-                          **extra).eval()
+    chosen = options.channels is not None or options.input_size is not None  # else a bug's
+    with _runs_on(name, shape) if chosen else contextlib.nullcontext():
+        if options.weights is None:  # its BatchNorm re-estimation runs it
+            model = create_model(name, channels=options.channels,
+                                 input_size=options.input_size, seed=options.seed, **extra)
+        else:  # the checkpoint replaces every weight: no seeded init, no BN re-estimation
+            with seeded(options.seed):
+                model = build(spec, channels=options.channels, input_size=options.input_size,
+                              **extra).eval()
+            if chosen:  # run now on the chosen input (the checkpoint loads later)
+                model(torch.zeros(shape))
     record = {"kind": "registry", "name": name, "seed": options.seed,
               "channels": options.channels,
               "input_size": list(options.input_size) if options.input_size else None,

@@ -191,13 +191,13 @@ def test_digits_accuracy_parity(case, exported, digit_sets, capfd):
     refused = {f"{TARGET_PREFIX[fmt]}{p}" for fmt, p in case.refused}
     for form in refused & set(forms):  # not written: listed, with the reason, not scored
         assert forms[form]["status"] == "skipped" and "outside" in forms[form]["reason"]
-    # each form within its accuracy threshold, or a portable CPU INT8 target beyond it by
-    # at most the refit's allowed cost over its TensorRT-form file (the UNet's: README)
-    portable = {f"{TARGET_PREFIX[fmt]}{p}": p for fmt in FORMATS for p in ("int8-fp32", "int8")}
+    # each form within its accuracy threshold, except a portable CPU INT8 target, whose
+    # refit's cost is held to the case's portable_drop in test_digits_portable_... (the
+    # UNet's is above the threshold: README)
+    portable = {f"{TARGET_PREFIX[fmt]}{p}" for fmt in FORMATS for p in ("int8-fp32", "int8")}
     for form in ("fp16", "int8-fp32", "int8", *(target_forms - refused)):  # the drop checks
         assert forms[form]["status"] == "ok", (form, forms[form])
-        assert forms[form]["ok"] or (form in portable and forms[form]["drop"] - forms[
-            portable[form]]["drop"] <= case.portable_drop), (form, forms[form])
+        assert forms[form]["ok"] or form in portable, (form, forms[form])
         lo, hi = forms[form]["drop_ci95"]
         assert lo <= forms[form]["drop"] <= hi
 

@@ -20,6 +20,8 @@ from onnx import TensorProto, helper
 import deploy_attn
 from deploy_attn import cli
 from deploy_attn.exportdir.transaction import STAGING_PREFIX
+from deploy_attn.models import build
+from deploy_attn.registry import get_spec
 
 from .conftest import ARTIFACT, snapshot
 
@@ -45,6 +47,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     state["fc.2.weight"][0, 0] = float("inf")
     torch.save(state, root / "inf.pt")
     torch.save(deploy_attn.create_model("ca").state_dict(), root / "ca.pt")
+    torch.save(build(get_spec("mobilenetv2_scsa")).state_dict(), root / "scsa.pt")
     torch.save({"state_dict": deploy_attn.create_model("se").state_dict(), "x": object()},
                root / "evil.pt")
     from PIL import Image
@@ -111,7 +114,10 @@ CASES = [
     ("name-typo", "export cbma", "did you mean cbam", "fresh"),
     ("scsa-window", "export scsa --input-size 4 32", "window", "fresh"),
     ("backbone-too-small", "export mobilenetv2_scsa --input-size 32 32",
-     "does not run on a 32x32 input", "fresh"),
+     "does not run on an input of shape [1, 3, 32, 32]", "fresh"),
+    ("backbone-too-small-weights",
+     "export mobilenetv2_scsa --input-size 32 32 --weights {root}/scsa.pt",
+     "does not run on an input of shape [1, 3, 32, 32]", "fresh"),
     ("sa-divisible", "export sa --channels 30", "divisible", "fresh"),
     ("model-arg-registry", "export se --model-arg x=1", "--model-arg applies to", "good"),
     ("mean-for-attention", "export se --mean 0.5", "feature maps", "good"),
