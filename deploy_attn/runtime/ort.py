@@ -53,15 +53,15 @@ def ort_session_options(threads: int | None = None, sequential: bool = False,
 
 
 def exact_session(model):
-    """A CPU session on an ONNX ModelProto with each op computed as the graph states it
-    (graph optimisations off: exact integer products, the same on every CPU), on
-    ort_session_options' threads."""
+    """A CPU session on an ONNX ModelProto (or a model file, an ORT-format one included:
+    the graph it stores) with each op computed as the graph states it (graph optimisations
+    off: exact integer products, the same on every CPU), on ort_session_options' threads."""
     import onnxruntime as ort
 
     opts = ort_session_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def graph_numerics(path: str | Path) -> set[str]:
