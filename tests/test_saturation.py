@@ -7,6 +7,7 @@ CPU; ONNX Runtime has no such switch, so it is checked as this CPU computes (exa
 VNNI; on a CPU without it, the portable form must still match the exact result)."""
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import subprocess
@@ -78,15 +79,51 @@ def layer_inputs(c: int, act: str, seed: int = 1, shape: tuple | None = None) ->
     return x.astype(np.float32)
 
 
+# one OpenVINO process per ISA limit for the whole session (the limits are read at process
+# start): each request is a model path, answered once its output is saved beside it
+_OV_WORKER = ("import sys, numpy as np\n"
+              "from deploy_attn.runtime.openvino import ov_compile, ov_outputs\n"
+              "for line in sys.stdin:\n"
+              "    p = line.rstrip('\\n')\n"
+              "    try:\n"
+              "        y = ov_outputs(ov_compile(p), np.load(p[:-5] + '.x.npy'))\n"
+              "        np.save(p + '.y.npy', y)\n"
+              "        print('@done', flush=True)\n"
+              "    except Exception as exc:\n"
+              "        print('@failed ' + repr(exc).replace('\\n', ' '), flush=True)\n")
+_ov_workers: dict[tuple, subprocess.Popen] = {}
+
+
+def _ov_worker(env: dict) -> subprocess.Popen:
+    key = tuple(sorted(env.items()))
+    proc = _ov_workers.get(key)
+    if proc is None or proc.poll() is not None:
+        proc = subprocess.Popen([sys.executable, "-c", _OV_WORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+        _ov_workers[key] = proc
+    return proc
+
+
+@atexit.register
+def _close_ov_workers() -> None:
+    while _ov_workers:
+        proc = _ov_workers.popitem()[1]
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
 def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
-    """OpenVINO's output on ``x`` in a fresh process with ``env`` added."""
+    """OpenVINO's output on ``x`` in a process started with ``env`` added (one per ``env``,
+    kept for the session)."""
     np.save(path.with_suffix(".x.npy"), x)
-    code = ("import sys, numpy as np; from deploy_attn.runtime.openvino import "
-            "ov_compile, ov_outputs; p = sys.argv[1]; "
-            "np.save(p + '.y.npy', ov_outputs(ov_compile(p), np.load(p[:-5] + '.x.npy')))")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **env})
-    assert proc.returncode == 0, proc.stderr
+    proc = _ov_worker(env)
+    proc.stdin.write(f"{path}\n")
+    proc.stdin.flush()
+    answer = ""
+    while not answer.startswith("@"):  # lines OpenVINO itself prints come first
+        answer = proc.stdout.readline()
+        assert answer, f"the OpenVINO process ({env}) ended: exit {proc.wait(timeout=60)}"
+    assert answer.startswith("@done"), answer
     return np.load(str(path) + ".y.npy")
 
 
