@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,14 @@ def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
     proc.stdin.write(f"{path}\n")
     proc.stdin.flush()
     answer = ""
-    while not answer.startswith("@"):  # lines OpenVINO itself prints come first
-        answer = proc.stdout.readline()
-        assert answer, f"the OpenVINO process ({env}) ended: exit {proc.wait(timeout=60)}"
+    watchdog = threading.Timer(120, proc.kill)  # a hung run fails, as the old timeout did
+    watchdog.start()
+    try:
+        while not answer.startswith("@"):  # lines OpenVINO itself prints come first
+            answer = proc.stdout.readline()
+            assert answer, f"the OpenVINO process ({env}) ended: exit {proc.wait(timeout=60)}"
+    finally:
+        watchdog.cancel()
     assert answer.startswith("@done"), answer
     return np.load(str(path) + ".y.npy")
 
