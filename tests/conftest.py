@@ -73,6 +73,18 @@ def export_cache(tmp_path_factory):
     return get
 
 
+def module_group(name: str):
+    """The xdist group of zoo module ``name``: the tests that read its exports (export,
+    precision, maps, TensorRT check) run on one worker, so export_cache (one per worker)
+    exports each module once per set of options."""
+    return pytest.mark.xdist_group(f"module-{name}")
+
+
+def by_module(names) -> list:
+    """``names`` as test parameters, each in its module's group (module_group)."""
+    return [pytest.param(n, marks=module_group(n)) for n in names]
+
+
 # --- models trained on scikit-learn's digits (shared by the accuracy and maps tests) -------
 # The suite runs on two pytest-xdist workers (pyproject addopts; --dist loadgroup): the
 # tests that read the digits models share one worker, so each model trains once.

@@ -8,13 +8,13 @@ import deploy_attn
 from deploy_attn.core.onnx_io import input_shape, shape_ops
 from deploy_attn.jobs.verify import verify_artifacts
 
-from .conftest import ATTENTION_NAMES
+from .conftest import ATTENTION_NAMES, by_module, module_group
 
 HARD_OPS = {"hard_sigmoid": "HardSigmoid", "hard_swish": "HardSwish"}
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("name", by_module(ATTENTION_NAMES))
 def test_export_graph_and_parity(export_cache, name, dynamic):
     result = export_cache(name, dynamic)
     report = result.report
@@ -49,6 +49,7 @@ def test_export_graph_and_parity(export_cache, name, dynamic):
     assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(report["versions"])
 
 
+@module_group("ca")
 def test_coordinate_attention_uses_hardswish_and_reducemean(export_cache):
     model = onnx.load(str(export_cache("ca", True).model_path))
     ops = [n.op_type for n in model.graph.node]

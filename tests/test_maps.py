@@ -22,7 +22,7 @@ from deploy_attn.exportdir.reader import open_export
 from deploy_attn.map_capture import capture, declared_maps
 from deploy_attn.models import create_model
 
-from .conftest import ATTENTION_NAMES, DIGITS_SIZE, DIGITS_WORKER
+from .conftest import ATTENTION_NAMES, DIGITS_SIZE, DIGITS_WORKER, by_module, module_group
 
 OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -56,7 +56,7 @@ def test_hooks_capture_without_touching_the_model():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("name", by_module(ATTENTION_NAMES))
 def test_fp32_maps_of_every_module_match_pytorch(name, export_cache):
     """Every declared map of every module is found in the exported graph by its scope, and
     its FP32 value (ONNX Runtime, and OpenVINO where installed) is within 1e-4 of PyTorch's."""
@@ -105,6 +105,7 @@ def test_maps_command_with_an_image_draws_every_site(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["maps", MAPS_FILE]
 
 
+@module_group("ca")
 def test_maps_bad_input_is_one_line(tmp_path, capsys, export_cache):
     directory = export_cache("ca").directory
     code = cli.main(["maps", str(directory), "--image", str(tmp_path / "none.png")])

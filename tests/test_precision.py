@@ -13,7 +13,7 @@ from deploy_attn.core.numerics import TOLERANCES, seeded_inputs
 from deploy_attn.jobs.verify import verify_artifacts
 from deploy_attn.precision.calib import image_folder
 
-from .conftest import ATTENTION_NAMES
+from .conftest import ATTENTION_NAMES, by_module
 
 NO_WEIGHTED_OPS = {"sa"}  # Shuffle Attention has no Conv/Gemm/MatMul: nothing to quantize
 # every Conv/Gemm of these is below the INT8 placement rules' channel or GEMV limits
@@ -51,7 +51,7 @@ def _qdq_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name", [n for n in ATTENTION_NAMES if n not in NO_WEIGHTED_OPS])
+@pytest.mark.parametrize("name", by_module(n for n in ATTENTION_NAMES if n not in NO_WEIGHTED_OPS))
 def test_fp16_and_int8_meet_thresholds(export_cache, name):
     result = export_cache(name, **PRECISE)
     report = result.report
@@ -95,7 +95,7 @@ def test_fp16_and_int8_meet_thresholds(export_cache, name):
     assert "graph optimisations off" in checked["int8"]["runtime"]
 
 
-@pytest.mark.parametrize("name", ["cbam", "ca"])
+@pytest.mark.parametrize("name", by_module(["cbam", "ca"]))
 def test_verification_runtime_computes_each_op_as_stated(export_cache, tmp_path, name):
     """The runtime the INT8 + FP16 checks trust (ONNX Runtime, no graph optimisation):
     every FP16 Conv's output equals the convolution of its own inputs computed in float64,
@@ -141,7 +141,7 @@ def test_verification_runtime_computes_each_op_as_stated(export_cache, tmp_path,
     assert worst <= 2.0, f"{name}: a Conv is off by {worst:.2f} FP16 steps"
 
 
-@pytest.mark.parametrize("name", ["cam", "danet"])
+@pytest.mark.parametrize("name", by_module(["cam", "danet"]))
 def test_fp16_keeps_measured_attention_energies_in_fp32(export_cache, name):
     """CAM's C x C energies exceed 512 on standard-normal inputs (docs/TENSORRT.md, section 4)."""
     kept = export_cache(name, **PRECISE).report["precisions"]["fp16"]["fp32_kept_nodes"]

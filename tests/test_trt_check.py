@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy_attn.checks.trt_support import MATRIX_FILE, check_trt_support, load_matrix
 from deploy_attn.core.errors import ArtifactError
 
-from .conftest import ATTENTION_NAMES, SHARED
+from .conftest import ATTENTION_NAMES, SHARED, by_module
 
 F, I8, U8, I64 = TensorProto.FLOAT, TensorProto.INT8, TensorProto.UINT8, TensorProto.INT64
 
@@ -287,7 +287,7 @@ def test_corrupt_or_missing_onnx_is_artifact_error(tmp_path):
         check_trt_support(str(tmp_path / "missing.onnx"))
 
 
-@pytest.mark.parametrize("name", ATTENTION_NAMES)
+@pytest.mark.parametrize("name", by_module(ATTENTION_NAMES))
 def test_zoo_exports_pass(export_cache, name):
     path = export_cache(name, False).model_path
     result = check_trt_support(path)
