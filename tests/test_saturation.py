@@ -107,10 +107,15 @@ def _ov_worker(env: dict) -> subprocess.Popen:
 
 @atexit.register
 def _close_ov_workers() -> None:
+    """End the session's OpenVINO processes; one the watchdog killed (a closed pipe) or one
+    that does not stop is killed, never a traceback at interpreter exit."""
     while _ov_workers:
         proc = _ov_workers.popitem()[1]
-        proc.stdin.close()
-        proc.wait(timeout=60)
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
 
 
 def openvino_run(path: Path, x: np.ndarray, env: dict) -> np.ndarray:
